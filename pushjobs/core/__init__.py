@@ -1,0 +1,1 @@
+"""Pure state machines: (event, now) -> actions. No zmq, flask, peewee or gevent."""

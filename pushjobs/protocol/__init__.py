@@ -1,0 +1,1 @@
+"""Bytes <-> messages. Pure functions, no sockets (see docs/architecture.md)."""

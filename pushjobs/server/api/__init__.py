@@ -1,0 +1,1 @@
+"""REST API: one blueprint per resource (see docs/architecture.md)."""
