@@ -9,6 +9,7 @@ them. Durations keep the original's units: `heartbeat_interval` and
 from __future__ import annotations
 
 import dataclasses
+import os
 import socket
 from dataclasses import dataclass, field
 from typing import Optional
@@ -16,6 +17,7 @@ from typing import Optional
 DEFAULT_CONFIG_PATH = "/etc/push-jobs-server/push-jobs-server.rb"
 LEGACY_CONFIG_PATH = "/etc/opscode-push-jobs-server/opscode-push-jobs-server.rb"
 CONFIG_ENV = "PUSHJOBS_SERVER_CONFIG"
+DEFAULT_SQLITE_NAME = "push-jobs-server.sqlite3"
 
 
 def _fqdn() -> str:
@@ -59,3 +61,12 @@ class Settings:
 
     def replace(self, **changes) -> "Settings":
         return dataclasses.replace(self, **changes)
+
+    def resolved_database_url(self) -> str:
+        """`database_url`, or the default SQLite file in `data_dir` when unset.
+
+        Kept as a method (not a default) so that a test which only sets
+        `data_dir` gets its database inside that directory."""
+        if self.database_url:
+            return self.database_url
+        return "sqlite:///" + os.path.join(os.path.abspath(self.data_dir), DEFAULT_SQLITE_NAME)

@@ -11,18 +11,33 @@ Rules of this file:
   contract.
 
 `open_database(settings)` binds `db` to SQLite or PostgreSQL and migrates the
-schema (see `SCHEMA_VERSION`).
+schema (see `SCHEMA_VERSION` and `MIGRATIONS`).
+
+Connections are per thread (per greenlet once gevent has patched
+`threading.local`). Code that runs in its own greenlet wraps its work in
+`with db.connection_context():` so that connections go back to the pool; the
+Flask app opens one per request and closes it in teardown.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import logging
+import os
+from typing import Callable, Optional
+from urllib.parse import unquote
 
 import peewee as pw
+
+log = logging.getLogger(__name__)
 
 db = pw.DatabaseProxy()
 
 SCHEMA_VERSION = 1
+
+# Job statuses after which the coordinator never writes the job again.
+FINISHED_JOB_STATUSES = ("complete", "quorum_failed", "aborted", "timed_out", "crashed")
+LIVE_JOB_STATUSES = ("new", "voting", "running")
 
 
 def utcnow() -> _dt.datetime:
@@ -179,3 +194,175 @@ MODELS = [
     JobOutput,
     JobEvent,
 ]
+
+
+# ---------------------------------------------------------------------------
+# opening and migrating
+
+
+class StoreError(Exception):
+    """The database cannot be opened or migrated; str() is one line for the operator."""
+
+
+def make_cooperative() -> None:
+    """Make psycopg2 yield to the gevent loop while it waits on PostgreSQL.
+
+    The server calls this once in its worker, after gevent's monkey patching
+    and before `open_database`. Harmless without gevent; idempotent."""
+    from psycogreen.gevent import patch_psycopg
+
+    patch_psycopg()
+
+
+def sqlite_path(url: str, data_dir: str) -> str:
+    """File name of a `sqlite:///…` URL; a relative path is taken inside `data_dir`.
+
+    `sqlite:////var/lib/x.db` is absolute (SQLAlchemy's convention),
+    `sqlite:///x.db` is `data_dir/x.db`, `sqlite:///:memory:` is in memory."""
+    if not url.startswith("sqlite:///"):
+        raise StoreError(f"database_url {url!r}: a SQLite URL starts with sqlite:///")
+    path = unquote(url[len("sqlite:///"):].split("?", 1)[0])
+    if not path:
+        raise StoreError(f"database_url {url!r} names no file")
+    if path == ":memory:" or os.path.isabs(path):
+        return path
+    return os.path.join(os.path.abspath(data_dir), path)
+
+
+def is_postgres_url(url: str) -> bool:
+    return url.startswith(("postgresql://", "postgres://"))
+
+
+def _make_database(url: str, data_dir: str, pool_size: int) -> pw.Database:
+    if url.startswith("sqlite:"):
+        path = sqlite_path(url, data_dir)
+        if path != ":memory:":
+            parent = os.path.dirname(path)
+            if not os.path.isdir(parent):
+                raise StoreError(f"database directory {parent} does not exist (run push-jobs-server-ctl init)")
+        return pw.SqliteDatabase(
+            path,
+            timeout=10,  # seconds; sqlite3's busy handler while another writer holds the lock
+            pragmas={
+                "journal_mode": "wal",  # readers never block the writer
+                "foreign_keys": 1,  # ON DELETE CASCADE for job nodes/output/events
+                "synchronous": "normal",  # durable with WAL, much faster than FULL
+                "busy_timeout": 10000,
+                "cache_size": -16000,  # 16 MB
+                "temp_store": "memory",
+            },
+        )
+    if is_postgres_url(url):
+        import psycopg2.extensions
+        from playhouse.pool import PooledPostgresqlDatabase
+
+        try:
+            params = psycopg2.extensions.parse_dsn(url)
+        except psycopg2.ProgrammingError as e:
+            raise StoreError(f"database_url: {str(e).strip()}") from None
+        dbname = params.pop("dbname", None)
+        if not dbname:
+            raise StoreError("database_url names no database (postgresql://USER@HOST/DATABASE)")
+        return PooledPostgresqlDatabase(
+            dbname, max_connections=pool_size, stale_timeout=300, timeout=30, **params
+        )
+    raise StoreError(f"database_url {url!r}: expected sqlite:///PATH or postgresql://...")
+
+
+def _create_all(database: pw.Database) -> None:
+    database.create_tables(MODELS, safe=True)
+
+
+# Version N -> function that migrates a database at version N-1 to N, in place,
+# inside a transaction. A fresh database gets the current models directly and
+# is stamped SCHEMA_VERSION; these functions only ever see older databases.
+# Write them with playhouse.migrate against the *old* shape, never with the
+# current models (which may have moved on).
+Migration = Callable[[pw.Database], None]
+MIGRATIONS: dict[int, Migration] = {}
+
+
+def current_schema_version(database: pw.Database) -> Optional[int]:
+    """The stamped version, or None for a database without our tables."""
+    if not database.table_exists(SchemaVersion._meta.table_name):
+        return None
+    with SchemaVersion.bind_ctx(database):
+        v = SchemaVersion.select(pw.fn.MAX(SchemaVersion.version)).scalar()
+    return int(v) if v is not None else None
+
+
+def migrate_schema(
+    database: pw.Database,
+    *,
+    target: int = SCHEMA_VERSION,
+    migrations: Optional[dict[int, Migration]] = None,
+) -> int:
+    """Create or migrate the schema to `target`; return the version found before (0 = fresh).
+
+    Each step runs in its own transaction and stamps its version, so an
+    interrupted migration resumes where it stopped."""
+    migrations = MIGRATIONS if migrations is None else migrations
+    with database.bind_ctx(MODELS):
+        found = current_schema_version(database)
+        if found is None:
+            if database.table_exists(Org._meta.table_name):
+                raise StoreError("database has pushjobs tables but no schema_version row; refusing to guess")
+            with database.atomic():
+                _create_all(database)
+                SchemaVersion.create(version=target)
+            log.info("created database schema version %d", target)
+            return 0
+        if found > target:
+            raise StoreError(
+                f"database schema version {found} is newer than this pushjobs understands ({target}); upgrade pushjobs"
+            )
+        for v in range(found + 1, target + 1):
+            step = migrations.get(v)
+            if step is None:
+                raise StoreError(f"no migration to schema version {v}")
+            with database.atomic():
+                step(database)
+                SchemaVersion.create(version=v)
+            log.info("migrated database schema to version %d", v)
+        return found
+
+
+def open_database(settings, *, migrate: bool = True) -> pw.Database:
+    """Bind `db` to the database of `settings` (SQLite or PostgreSQL) and migrate it.
+
+    Returns the concrete database (also reachable as `db`). Errors that an
+    operator can fix (missing directory, bad URL, server down, newer schema)
+    raise `StoreError` with one line."""
+    url = settings.resolved_database_url()
+    database = _make_database(url, settings.data_dir, getattr(settings, "db_pool_size", 20))
+    db.initialize(database)
+    if migrate:
+        try:
+            with database.connection_context():
+                migrate_schema(database)
+        except pw.OperationalError as e:
+            raise StoreError(f"cannot open database {redact_url(url)}: {str(e).strip().splitlines()[0]}") from None
+    return database
+
+
+def close_database() -> None:
+    """Close this thread's connection and, for a pool, every idle connection."""
+    obj = db.obj
+    if obj is None:
+        return
+    if not obj.is_closed():
+        obj.close()
+    close_all = getattr(obj, "close_all", None)
+    if close_all is not None:
+        close_all()
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ***, for logs and errors."""
+    if "://" not in url or "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    cred, host = rest.rsplit("@", 1)
+    if ":" in cred:
+        cred = cred.split(":", 1)[0] + ":***"
+    return f"{scheme}://{cred}@{host}"

@@ -1,0 +1,141 @@
+"""The store: opening, schema creation and in-place migration, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+
+import peewee as pw
+import pytest
+from playhouse.migrate import SchemaMigrator, migrate
+
+from pushjobs.server import store
+from pushjobs.server.settings import Settings
+
+
+def test_default_database_is_a_sqlite_file_in_data_dir(tmp_path):
+    settings = Settings(data_dir=str(tmp_path))
+    assert settings.resolved_database_url() == f"sqlite:///{tmp_path}/push-jobs-server.sqlite3"
+    database = store.open_database(settings)
+    try:
+        assert isinstance(database, pw.SqliteDatabase)
+        assert os.path.exists(tmp_path / "push-jobs-server.sqlite3")
+        assert database.execute_sql("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert database.execute_sql("PRAGMA foreign_keys").fetchone()[0] == 1
+        assert store.current_schema_version(database) == store.SCHEMA_VERSION
+    finally:
+        store.close_database()
+
+
+def test_relative_sqlite_path_is_inside_data_dir(tmp_path):
+    assert store.sqlite_path("sqlite:///x.db", str(tmp_path)) == str(tmp_path / "x.db")
+    assert store.sqlite_path("sqlite:////abs/x.db", str(tmp_path)) == "/abs/x.db"
+    with pytest.raises(store.StoreError):
+        store.sqlite_path("sqlite:///", str(tmp_path))
+
+
+def test_missing_data_dir_is_a_clear_error(tmp_path):
+    settings = Settings(data_dir=str(tmp_path / "nope"))
+    with pytest.raises(store.StoreError, match="does not exist"):
+        store.open_database(settings)
+
+
+def test_unknown_url_scheme_is_a_clear_error(tmp_path):
+    with pytest.raises(store.StoreError, match="expected sqlite"):
+        store.open_database(Settings(data_dir=str(tmp_path), database_url="mysql://x/y"))
+
+
+def test_redact_url_hides_password():
+    assert store.redact_url("postgresql://u:secret@h:5432/db") == "postgresql://u:***@h:5432/db"
+    assert store.redact_url("postgresql://u@h/db") == "postgresql://u@h/db"
+
+
+def test_open_twice_keeps_one_version_row(store_db):
+    settings, _ = store_db
+    store.close_database()
+    store.open_database(settings)
+    assert store.SchemaVersion.select().count() == 1
+
+
+def _org(name="acme"):
+    return store.Org.create(name=name, guid=("%032x" % abs(hash(name)))[:32])
+
+
+def test_models_roundtrip_and_cascade(store_db):
+    org = _org()
+    job = store.Job.create(
+        id="a" * 32, org=org, command="chef-client", status="complete", run_timeout=3600, quorum=1, requestor="alice"
+    )
+    store.JobNode.create(job=job, node_name="n1", status="succeeded")
+    store.JobOutput.create(job=job, node_name="n1", stdout=b"out\x00bin", stderr=b"")
+    store.JobEvent.create(job=job, seq=1, name="start", data="{}")
+    assert bytes(store.JobOutput.get().stdout) == b"out\x00bin"
+    job.delete_instance()  # foreign keys are on: the children go with it
+    assert store.JobNode.select().count() == 0
+    assert store.JobOutput.select().count() == 0
+    assert store.JobEvent.select().count() == 0
+
+
+def test_unique_constraints_hold(store_db):
+    org = _org()
+    store.Client.create(org=org, name="n1", public_key="k")
+    with pytest.raises(pw.IntegrityError):
+        with store.db.atomic():
+            store.Client.create(org=org, name="n1", public_key="k")
+
+
+def test_migration_from_an_older_version_stamp(store_db):
+    """A database stamped at version N is brought to N+1 by MIGRATIONS[N+1], in place."""
+    database = store.db.obj
+    v = store.SCHEMA_VERSION
+    org = _org()
+
+    def add_org_full_name(d: pw.Database) -> None:
+        migrate(SchemaMigrator.from_database(d).add_column("org", "full_name", pw.TextField(default="")))
+
+    found = store.migrate_schema(database, target=v + 1, migrations={v + 1: add_org_full_name})
+    assert found == v
+    assert store.current_schema_version(database) == v + 1
+    cols = {c.name for c in database.get_columns("org")}
+    assert "full_name" in cols
+    assert store.Org.get_by_id(org.id).name == "acme"  # data kept
+    # a second run is a no-op
+    assert store.migrate_schema(database, target=v + 1, migrations={}) == v + 1
+
+
+def test_interrupted_migration_resumes(store_db):
+    database = store.db.obj
+    v = store.SCHEMA_VERSION
+    ran = []
+
+    def ok(d):
+        ran.append("ok")
+
+    def boom(d):
+        raise RuntimeError("disk on fire")
+
+    with pytest.raises(RuntimeError):
+        store.migrate_schema(database, target=v + 2, migrations={v + 1: ok, v + 2: boom})
+    assert store.current_schema_version(database) == v + 1
+    store.migrate_schema(database, target=v + 2, migrations={v + 1: ok, v + 2: ok})
+    assert ran == ["ok", "ok"]
+    assert store.current_schema_version(database) == v + 2
+
+
+def test_newer_database_is_refused(store_db):
+    database = store.db.obj
+    store.SchemaVersion.create(version=store.SCHEMA_VERSION + 5)
+    with pytest.raises(store.StoreError, match="newer"):
+        store.migrate_schema(database)
+
+
+def test_missing_migration_is_refused(store_db):
+    with pytest.raises(store.StoreError, match="no migration"):
+        store.migrate_schema(store.db.obj, target=store.SCHEMA_VERSION + 1, migrations={})
+
+
+def test_naive_utc_datetimes(store_db):
+    org = _org()
+    got = store.Org.get_by_id(org.id).created_at
+    assert got.tzinfo is None
+    assert abs(got - dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)) < dt.timedelta(seconds=60)
