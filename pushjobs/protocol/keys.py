@@ -1,0 +1,240 @@
+"""RSA keys, session-key encryption, CurveZMQ key pairs and Z85.
+
+Chef keys travel as PEM in several dialects (PKCS#1 ``BEGIN RSA PRIVATE KEY``
+from knife, PKCS#8 from newer tools, ``BEGIN RSA PUBLIC KEY`` or SPKI
+``BEGIN PUBLIC KEY`` for public keys), so the loaders accept all of them.  The
+raw PKCS#1 v1.5 type-1 "private encrypt" used by pushy heartbeats and by Chef
+request signing v1.0/1.1 lives here too, because ``cryptography`` does not
+expose it: it is done with modular exponentiation (PROTOCOL.md §4.3, §18).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Union
+
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+from .errors import ProtocolError
+
+__all__ = [
+    "PrivateKey",
+    "PublicKey",
+    "generate_rsa_key",
+    "load_private_key",
+    "load_public_key",
+    "private_key_pem",
+    "public_key_pem",
+    "write_private_key",
+    "rsa_encrypt",
+    "rsa_decrypt",
+    "rsa_private_encrypt",
+    "rsa_public_decrypt",
+    "curve_keypair",
+    "z85_encode",
+    "z85_decode",
+]
+
+PrivateKey = rsa.RSAPrivateKey
+PublicKey = rsa.RSAPublicKey
+PemData = Union[str, bytes]
+
+
+def _as_bytes(pem: PemData) -> bytes:
+    if isinstance(pem, str):
+        return pem.encode("ascii", "replace")
+    if isinstance(pem, (bytes, bytearray, memoryview)):
+        return bytes(pem)
+    raise ProtocolError("bad_key", f"PEM must be str or bytes, not {type(pem).__name__}")
+
+
+def generate_rsa_key(bits: int = 2048) -> PrivateKey:
+    """A fresh RSA key (e = 65537), e.g. for the server's ``pushy_priv`` key."""
+    return rsa.generate_private_key(public_exponent=65537, key_size=bits)
+
+
+def load_private_key(pem: PemData) -> PrivateKey:
+    """Load an unencrypted RSA private key, PKCS#1 or PKCS#8 PEM."""
+    data = _as_bytes(pem)
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise ProtocolError("bad_key", f"cannot load RSA private key: {exc}") from None
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise ProtocolError("bad_key", "private key is not an RSA key")
+    return key
+
+
+def load_public_key(pem: PemData) -> PublicKey:
+    """Load an RSA public key: SPKI (``BEGIN PUBLIC KEY``) or PKCS#1
+    (``BEGIN RSA PUBLIC KEY``).  A private-key PEM yields its public half,
+    which is handy when a settings file only names the private key."""
+    data = _as_bytes(pem)
+    if b"PRIVATE KEY-----" in data:
+        return load_private_key(data).public_key()
+    try:
+        key = serialization.load_pem_public_key(data)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise ProtocolError("bad_key", f"cannot load RSA public key: {exc}") from None
+    if not isinstance(key, rsa.RSAPublicKey):
+        raise ProtocolError("bad_key", "public key is not an RSA key")
+    return key
+
+
+def private_key_pem(key: PrivateKey) -> str:
+    """PKCS#1 (``BEGIN RSA PRIVATE KEY``), the form Chef tools write."""
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    ).decode("ascii")
+
+
+def public_key_pem(key: PrivateKey | PublicKey) -> str:
+    """SPKI (``BEGIN PUBLIC KEY``), the form the config response and Chef use."""
+    if isinstance(key, rsa.RSAPrivateKey):
+        key = key.public_key()
+    return key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode("ascii")
+
+
+def write_private_key(path: str | os.PathLike[str], key: PrivateKey) -> None:
+    """Write ``key`` as PKCS#1 PEM with mode 0600.
+
+    The file is created 0600 from the start (never world-readable, not even
+    for a moment) in the target directory and renamed over ``path``, so a
+    reader never sees a half-written key.
+    """
+    target = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(target))
+    data = private_key_pem(key).encode("ascii")
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-key-", dir=directory)  # mkstemp uses 0600
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def rsa_encrypt(public_key: PublicKey, data: bytes) -> bytes:
+    """PKCS#1 v1.5 (type 2) encryption: how the session key travels (§2.3)."""
+    return public_key.encrypt(data, padding.PKCS1v15())
+
+
+def rsa_decrypt(private_key: PrivateKey, data: bytes) -> bytes:
+    """Inverse of :func:`rsa_encrypt`; ProtocolError(bad_key) if it fails.
+
+    With OpenSSL 3 a wrongly padded blob may decrypt to random bytes (implicit
+    rejection against timing attacks) instead of failing: callers check the
+    length they expect (32 bytes for a session key)."""
+    try:
+        return private_key.decrypt(data, padding.PKCS1v15())
+    except ValueError as exc:
+        raise ProtocolError("bad_key", f"RSA decryption failed: {exc}") from None
+
+
+def rsa_private_encrypt(private_key: PrivateKey, data: bytes) -> bytes:
+    """Raw RSA "private encrypt" with PKCS#1 v1.5 type-1 padding, no DigestInfo.
+
+    ``EM = 00 01 FF..FF 00 || data``; ``sig = EM^d mod n`` (via CRT).  This is
+    OpenSSL's ``RSA_private_encrypt(RSA_PKCS1_PADDING)`` which Ruby's
+    ``private_encrypt`` and Erlang's ``public_key:encrypt_private`` use.
+    """
+    priv = private_key.private_numbers()
+    pub = priv.public_numbers
+    k = (pub.n.bit_length() + 7) // 8
+    if len(data) > k - 11:
+        raise ProtocolError("bad_key", f"data too long for a {k * 8}-bit key")
+    em = b"\x00\x01" + b"\xff" * (k - 3 - len(data)) + b"\x00" + data
+    m = int.from_bytes(em, "big")
+    # Chinese remainder theorem: ~3x faster than pow(m, d, n).
+    s1 = pow(m, priv.dmp1, priv.p)
+    s2 = pow(m, priv.dmq1, priv.q)
+    h = (priv.iqmp * (s1 - s2)) % priv.p
+    s = s2 + h * priv.q
+    return s.to_bytes(k, "big")
+
+
+def rsa_public_decrypt(public_key: PublicKey, signature: bytes) -> bytes | None:
+    """Inverse of :func:`rsa_private_encrypt`: the recovered data, or None when
+    the signature has the wrong size or the padding is not a valid type-1 block."""
+    pub = public_key.public_numbers()
+    k = (pub.n.bit_length() + 7) // 8
+    if len(signature) != k:
+        return None
+    s = int.from_bytes(signature, "big")
+    if s >= pub.n:
+        return None
+    em = pow(s, pub.e, pub.n).to_bytes(k, "big")
+    if em[0:2] != b"\x00\x01":
+        return None
+    sep = em.find(b"\x00", 2)
+    if sep < 10 or em[2:sep] != b"\xff" * (sep - 2):  # at least 8 bytes of FF
+        return None
+    return em[sep + 1 :]
+
+
+def curve_keypair() -> tuple[str, str]:
+    """A fresh CurveZMQ key pair as Z85 text ``(public, secret)`` (§3.3)."""
+    import zmq  # local import: the rest of this module must not need libzmq
+
+    public, secret = zmq.curve_keypair()
+    return public.decode("ascii"), secret.decode("ascii")
+
+
+# --- Z85 (ZeroMQ RFC 32) ----------------------------------------------------
+
+_Z85_CHARS = (
+    "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#"
+)
+_Z85_INDEX = {c: i for i, c in enumerate(_Z85_CHARS)}
+_Z85_POWERS = (85**4, 85**3, 85**2, 85, 1)
+
+
+def z85_encode(data: bytes) -> str:
+    """Z85-encode ``data`` (length a multiple of 4; 32 bytes → 40 chars)."""
+    if len(data) % 4:
+        raise ProtocolError("bad_key", f"Z85 input length {len(data)} is not a multiple of 4")
+    out = []
+    for i in range(0, len(data), 4):
+        value = int.from_bytes(data[i : i + 4], "big")
+        for p in _Z85_POWERS:
+            out.append(_Z85_CHARS[(value // p) % 85])
+    return "".join(out)
+
+
+def z85_decode(text: str | bytes) -> bytes:
+    """Decode Z85 text; anything malformed raises ProtocolError(bad_key)."""
+    if isinstance(text, (bytes, bytearray)):
+        try:
+            text = bytes(text).decode("ascii")
+        except UnicodeDecodeError:
+            raise ProtocolError("bad_key", "Z85 text is not ASCII") from None
+    if not isinstance(text, str):
+        raise ProtocolError("bad_key", "Z85 text must be str or bytes")
+    if len(text) % 5:
+        raise ProtocolError("bad_key", f"Z85 length {len(text)} is not a multiple of 5")
+    out = bytearray()
+    for i in range(0, len(text), 5):
+        value = 0
+        for c in text[i : i + 5]:
+            digit = _Z85_INDEX.get(c)
+            if digit is None:
+                raise ProtocolError("bad_key", f"invalid Z85 character {c!r}")
+            value = value * 85 + digit
+        if value > 0xFFFFFFFF:
+            raise ProtocolError("bad_key", "Z85 group out of range")
+        out += value.to_bytes(4, "big")
+    return bytes(out)

@@ -1,0 +1,210 @@
+"""Message signatures and the receive-side validation pipeline (§4.3–§4.5).
+
+``hmac_sha256``: base64(HMAC-SHA256(session_key, body)), for everything on the
+command channel.  ``rsa2048_sha1``: base64 of a *raw* PKCS#1 v1.5 type-1
+private-encrypt of the 28-byte text base64(SHA1(body)), for the server's
+heartbeat broadcast; it is not a standard signature (no DigestInfo), so it is
+built from :func:`keys.rsa_private_encrypt`.
+
+:func:`decode_frames` is on the server's heartbeat hot path (one call per node
+per interval): it parses the JSON once, hashes the body bytes in place and does
+nothing else.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import logging
+from typing import Any, Callable, Iterable, Sequence
+
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from .errors import ProtocolError
+from .framing import (
+    HMAC_SHA256,
+    MAX_HEADER_BYTES,
+    RSA2048_SHA1,
+    format_header,
+    parse_header,
+)
+from .keys import rsa_private_encrypt, rsa_public_decrypt
+from .timestamps import check_skew, parse_http_date
+
+__all__ = [
+    "HMAC_SHA256",
+    "RSA2048_SHA1",
+    "sha1_checksum",
+    "hmac_sign",
+    "hmac_verify",
+    "rsa_sign",
+    "rsa_verify",
+    "sign",
+    "verify",
+    "encode_frames",
+    "decode_frames",
+    "parse_body",
+]
+
+log = logging.getLogger(__name__)
+
+KeyFor = Callable[[dict], Any]
+
+
+def _b64decode(text: str) -> bytes | None:
+    """Lenient base64 (whitespace, missing padding) as the reference client does."""
+    try:
+        raw = text.encode("ascii") if isinstance(text, str) else bytes(text)
+        raw = b"".join(raw.split())
+        raw += b"=" * (-len(raw) % 4)
+        return base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError, TypeError):
+        return None
+
+
+def sha1_checksum(body: bytes) -> bytes:
+    """base64(SHA1(body)) as 28 ASCII bytes: what rsa2048_sha1 encrypts."""
+    return base64.b64encode(hashlib.sha1(body).digest())
+
+
+def hmac_sign(key: bytes, body: bytes) -> str:
+    """base64(HMAC-SHA256(key, body)), canonical padding, no newlines."""
+    return base64.b64encode(hmac.new(key, body, hashlib.sha256).digest()).decode("ascii")
+
+
+def hmac_verify(key: bytes, body: bytes, signature_b64: str) -> bool:
+    """Constant-time check of an hmac_sha256 signature."""
+    given = _b64decode(signature_b64)
+    if given is None:
+        return False
+    return hmac.compare_digest(hmac.new(key, body, hashlib.sha256).digest(), given)
+
+
+def rsa_sign(private_key: rsa.RSAPrivateKey, body: bytes) -> str:
+    """The rsa2048_sha1 signature of ``body`` (base64, no newlines)."""
+    return base64.b64encode(rsa_private_encrypt(private_key, sha1_checksum(body))).decode("ascii")
+
+
+def rsa_verify(public_key: rsa.RSAPublicKey | rsa.RSAPrivateKey, body: bytes, signature_b64: str) -> bool:
+    """Public-decrypt the signature and compare with base64(SHA1(body))."""
+    if isinstance(public_key, rsa.RSAPrivateKey):
+        public_key = public_key.public_key()
+    if not isinstance(public_key, rsa.RSAPublicKey):
+        return False
+    sig = _b64decode(signature_b64)
+    if sig is None:
+        return False
+    recovered = rsa_public_decrypt(public_key, sig)
+    if recovered is None:
+        return False
+    return hmac.compare_digest(recovered, sha1_checksum(body))
+
+
+def sign(method: str, key: Any, body: bytes) -> str:
+    """Signature of ``body`` by ``method`` (session key bytes or RSA private key)."""
+    if method == HMAC_SHA256:
+        if not isinstance(key, (bytes, bytearray)):
+            raise TypeError("hmac_sha256 needs the session key as bytes")
+        return hmac_sign(bytes(key), body)
+    if method == RSA2048_SHA1:
+        if not isinstance(key, rsa.RSAPrivateKey):
+            raise TypeError("rsa2048_sha1 needs an RSA private key")
+        return rsa_sign(key, body)
+    raise ValueError(f"unknown signing method {method!r}")
+
+
+def verify(method: str, key: Any, body: bytes, signature_b64: str) -> bool:
+    """True iff the signature is valid; a key of the wrong kind is just False."""
+    if method == HMAC_SHA256:
+        return isinstance(key, (bytes, bytearray)) and hmac_verify(bytes(key), body, signature_b64)
+    if method == RSA2048_SHA1:
+        return isinstance(key, (rsa.RSAPublicKey, rsa.RSAPrivateKey)) and rsa_verify(
+            key, body, signature_b64
+        )
+    return False
+
+
+def encode_frames(body: bytes, method: str, key: Any) -> list[bytes]:
+    """``[header, body]`` ready for ``send_multipart`` (body sent unchanged)."""
+    return [format_header(method, sign(method, key, body)), body]
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_body(body: bytes) -> dict:
+    """JSON object from the body bytes, else ProtocolError(bad_json)."""
+    try:
+        obj = json.loads(body, parse_constant=_reject_constant)
+    except (ValueError, RecursionError, TypeError) as exc:  # UnicodeDecodeError is a ValueError
+        raise ProtocolError("bad_json", str(exc)[:200]) from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("bad_json", f"body is a JSON {type(obj).__name__}, not an object")
+    return obj
+
+
+def decode_frames(
+    frames: Sequence[bytes],
+    key_for: KeyFor,
+    *,
+    max_body_size: int,
+    max_skew: float,
+    now: float,
+    methods: Iterable[str] = (HMAC_SHA256,),
+    check_signature: bool = True,
+) -> dict:
+    """The §4.5 receive pipeline on ``[header, body]``; returns the body dict.
+
+    1. two frames; header ≤ 2048 bytes, body ≤ ``max_body_size``;
+    2. header parse, method in ``methods`` (the server passes only
+       ``hmac_sha256`` for client messages, §17.2 S8);
+    3. body is a JSON object;
+    4. signature, with ``key_for(body_dict)`` (None: unknown sender →
+       ``bad_signature``); skipped only when ``check_signature`` is False (the
+       debug settings ``skip_header_validation`` / ``ignore_signature_check``);
+    5. ``timestamp`` parses as an HTTP date and ``|now - ts| < max_skew``.
+
+    Raises only ProtocolError.
+    """
+    if not isinstance(frames, (list, tuple)):
+        try:
+            frames = list(frames)
+        except TypeError:
+            raise ProtocolError("frame_count", "frames is not a sequence") from None
+    if len(frames) != 2:
+        raise ProtocolError("frame_count", f"{len(frames)} frames, expected 2")
+    header_frame, body = frames
+    if not isinstance(body, (bytes, bytearray)):
+        if not isinstance(body, memoryview):
+            raise ProtocolError("bad_json", f"body frame is {type(body).__name__}, not bytes")
+        body = bytes(body)
+    if not isinstance(header_frame, (bytes, bytearray, memoryview)):
+        raise ProtocolError("bad_header", f"header frame is {type(header_frame).__name__}")
+    if len(header_frame) > MAX_HEADER_BYTES:
+        raise ProtocolError("header_too_big", f"{len(header_frame)} bytes > {MAX_HEADER_BYTES}")
+    if len(body) > max_body_size:
+        raise ProtocolError("body_too_big", f"{len(body)} bytes > {max_body_size}")
+    header = parse_header(header_frame)
+    if header.method not in methods:
+        raise ProtocolError("bad_header", f"signing method {header.method} not accepted here")
+    msg = parse_body(body)
+    if check_signature:
+        try:
+            key = key_for(msg)
+        except ProtocolError:
+            raise
+        except Exception as exc:  # a lookup bug must not kill the socket loop
+            log.exception("signature key lookup failed")
+            raise ProtocolError("bad_signature", f"key lookup failed: {exc!r}") from None
+        if key is None:
+            raise ProtocolError("bad_signature", "no key for this sender")
+        if not verify(header.method, key, body, header.signature):
+            raise ProtocolError("bad_signature", f"{header.method} signature does not match")
+    if "timestamp" not in msg:
+        raise ProtocolError("bad_timestamp", "no timestamp field")
+    check_skew(parse_http_date(msg["timestamp"]), now, max_skew)
+    return msg
