@@ -186,7 +186,7 @@ class NodeFSM:
             actions.append(Rebind(self.node, routing_id))
             actions.append(Send(self.node, "ack", {}))
         mtype = body.get("type")
-        if mtype not in CLIENT_MESSAGE_TYPES:
+        if not isinstance(mtype, str) or mtype not in CLIENT_MESSAGE_TYPES:
             log.info("node %s: ignoring message with type %r", self.node, mtype)
             return actions
         job_id = normalize_job_id(body.get("job_id"))
