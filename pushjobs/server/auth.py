@@ -1,0 +1,342 @@
+"""Chef-signed request authentication and the group rules of PROTOCOL.md §10.1–§10.3.
+
+Rules of this file:
+* Every status code and error body is the original's (§10.2), byte for byte
+  where the original is consistent; they are raised as `AuthError` and turned
+  into responses in one place (`api.errors`).
+* The evaluation order is webmachine's (§10.2): header sanity (400/401) →
+  body size (413) → the resource's own malformed-request checks (job body
+  400, config ccpk 400/401) → authentication (404 org, 401 principal, 401
+  signature, 403 membership) → authorization (403). `signed_request()` runs
+  that pipeline for a view; views never check signatures themselves.
+* The cryptography is the protocol library's (`pushjobs.protocol.chef_auth`):
+  this module only decides *whose* key and *which* answer.
+* Identities come from the store (orgs, users through OrgUser, clients of the
+  org, groups with nested groups).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Optional
+
+from pushjobs.protocol.errors import ProtocolError
+
+log = logging.getLogger(__name__)
+
+#: REST clock skew allowed for X-Ops-Timestamp (seconds), a hard-coded constant of the original.
+AUTH_CLOCK_SKEW = 900
+#: Largest POST/PUT body accepted (bytes), a hard-coded constant of the original.
+MAX_REQUEST_BODY = 1_000_000
+#: The headers whose absence is reported by name, in the original's order.
+REQUIRED_HEADERS = ("X-Ops-UserId", "X-Ops-Timestamp", "X-Ops-Sign", "X-Ops-Content-Hash")
+#: Accepted X-Ops-Sign (version -> algorithm).
+SIGN_VERSIONS = {"1.0": "sha1", "1.1": "sha1", "1.2": "sha1", "1.3": "sha256"}
+WWW_AUTHENTICATE = 'X-Ops-Sign version="1.0" version="1.1"'
+
+READERS_GROUP = "pushy_job_readers"
+WRITERS_GROUP = "pushy_job_writers"
+ADMINS_GROUP = "admins"
+
+
+class AuthError(Exception):
+    """An HTTP answer from the auth pipeline: status, JSON body, extra headers."""
+
+    def __init__(self, status: int, body: Any, headers: Optional[Mapping[str, str]] = None):
+        super().__init__(f"{status} {body}")
+        self.status = status
+        self.body = body
+        self.headers = dict(headers or {})
+
+
+def error_list(status: int, message: str, **headers: str) -> AuthError:
+    """The common `{"error": [message]}` shape."""
+    return AuthError(status, {"error": [message]}, headers)
+
+
+def unauthorized(message: str) -> AuthError:
+    return AuthError(401, {"error": [message]}, {"WWW-Authenticate": WWW_AUTHENTICATE})
+
+
+@dataclass(frozen=True)
+class HeaderInfo:
+    """What the header sanity phase learnt: who claims to sign, when, with which version."""
+
+    user_id: str
+    timestamp: float
+    version: str
+
+
+@dataclass(frozen=True)
+class Requestor:
+    """An authenticated principal of an org."""
+
+    name: str
+    kind: str  # "user" | "client"
+    org_name: str
+    org_id: int
+    org_guid: str
+    public_key: Any = field(repr=False, compare=False)  # cryptography RSAPublicKey
+    principal_id: int = 0
+
+
+def _header(headers: Mapping[str, str], name: str) -> Optional[str]:
+    """Case-insensitive header lookup; empty values count as missing (§10.1)."""
+    value = headers.get(name)
+    if value is None:
+        lname = name.lower()
+        for k, v in headers.items():
+            if k.lower() == lname:
+                value = v
+                break
+    if value is None or value.strip() == "":
+        return None
+    return value
+
+
+def parse_sign_description(value: str) -> dict[str, str]:
+    """`algorithm=sha1;version=1.1;` -> {"algorithm": "sha1", "version": "1.1"} (empty items ignored)."""
+    out: dict[str, str] = {}
+    for item in value.split(";"):
+        item = item.strip()
+        if not item:
+            continue
+        k, sep, v = item.partition("=")
+        if sep:
+            out[k.strip().lower()] = v.strip()
+    return out
+
+
+def check_headers(headers: Mapping[str, str], now: Optional[float] = None) -> HeaderInfo:
+    """The malformed-request header checks of chef_authn, in its order.
+
+    missing headers → 400; unsupported X-Ops-Sign → 400; unparseable
+    timestamp → 401; timestamp outside ±900 s → 401."""
+    from pushjobs.protocol.timestamps import parse_iso8601
+
+    missing = [h for h in REQUIRED_HEADERS if _header(headers, h) is None]
+    if missing:
+        names = ", ".join(f"'{h}'" for h in missing)
+        raise error_list(400, f"missing required authentication header(s) {names}")
+    user_id = _header(headers, "X-Ops-UserId") or ""
+    sign = parse_sign_description(_header(headers, "X-Ops-Sign") or "")
+    version = sign.get("version", "")
+    algorithm = sign.get("algorithm", "sha1").lower()
+    if version not in SIGN_VERSIONS or SIGN_VERSIONS[version] != algorithm:
+        raise error_list(400, "Unsupported authentication protocol version")
+    try:
+        ts = parse_iso8601(_header(headers, "X-Ops-Timestamp") or "")
+    except ProtocolError:
+        raise unauthorized("bad header(s) 'X-Ops-Timestamp'") from None
+    now = time.time() if now is None else now
+    if abs(now - ts) > AUTH_CLOCK_SKEW:
+        raise unauthorized(f"Failed to authenticate as {user_id}. Synchronize the clock on your host.")
+    return HeaderInfo(user_id=user_id, timestamp=ts, version=version)
+
+
+def too_large() -> AuthError:
+    """413 with the string-shaped body of the original."""
+    return AuthError(413, {"error": f"JSON must be no more than {MAX_REQUEST_BODY} bytes."})
+
+
+# --------------------------------------------------------------------------------------
+# identities (store)
+
+
+@functools.lru_cache(maxsize=4096)
+def _load_public_key(pem: str) -> Any:
+    from pushjobs.protocol.keys import load_public_key
+
+    return load_public_key(pem)
+
+
+def lookup_org(org_name: str):
+    """The Org row, or AuthError 404 in the original's words."""
+    from pushjobs.server.store import Org
+
+    org = Org.get_or_none(Org.name == org_name)
+    if org is None:
+        raise error_list(404, f"organization '{org_name}' does not exist.")
+    return org
+
+
+@dataclass(frozen=True)
+class Principal:
+    name: str
+    kind: str
+    public_key_pem: str
+    org_member: bool
+    principal_id: int
+
+
+def lookup_principal(org, name: str) -> Optional[Principal]:
+    """The org's client of that name, else the (global) user of that name; None if neither.
+
+    A user outside the org is returned with `org_member=False` so that a good
+    signature from a stranger gets 403, not 401 (as the original)."""
+    from pushjobs.server.store import Client, OrgUser, User
+
+    client = Client.get_or_none((Client.org == org) & (Client.name == name))
+    if client is not None:
+        return Principal(name, "client", client.public_key, True, client.id)
+    user = User.get_or_none(User.name == name)
+    if user is not None:
+        member = OrgUser.select().where((OrgUser.org == org) & (OrgUser.user == user)).exists()
+        return Principal(name, "user", user.public_key, member, user.id)
+    return None
+
+
+def group_exists(org_id: int, group: str) -> bool:
+    from pushjobs.server.store import Group
+
+    return Group.select().where((Group.org == org_id) & (Group.name == group)).exists()
+
+
+def is_member(org_id: int, group: str, kind: str, name: str) -> bool:
+    """Nested membership: direct, or through member groups (cycles are harmless)."""
+    from pushjobs.server.store import Group, GroupMember
+
+    seen: set[str] = set()
+    todo = [group]
+    while todo:
+        gname = todo.pop()
+        if gname in seen:
+            continue
+        seen.add(gname)
+        g = Group.get_or_none((Group.org == org_id) & (Group.name == gname))
+        if g is None:
+            continue
+        for m in GroupMember.select().where(GroupMember.group == g):
+            if m.kind == kind and m.name == name:
+                return True
+            if m.kind == "group":
+                todo.append(m.name)
+    return False
+
+
+def authenticate(org_name: str, info: HeaderInfo, headers: Mapping[str, str], method: str,
+                 path: str, body: bytes) -> Requestor:
+    """404 unknown org → 401 unknown principal → 401 bad signature → 403 not a member."""
+    from pushjobs.protocol import chef_auth
+
+    org = lookup_org(org_name)
+    principal = lookup_principal(org, info.user_id)
+    if principal is None:
+        raise unauthorized(
+            f"Failed to authenticate as '{info.user_id}'. Ensure that your node_name and client key are correct.")
+    try:
+        public_key = _load_public_key(principal.public_key_pem)
+        signed = chef_auth.parse_auth_headers(headers)
+        ok = chef_auth.verify_signature(signed, method, path, body, public_key)
+    except Exception as exc:  # noqa: BLE001 - any parse/crypto failure is a bad signature
+        log.info("signature of %s rejected: %r", info.user_id, exc)
+        ok = False
+    if not ok:
+        raise unauthorized(f"Invalid signature for user or client '{info.user_id}'")
+    if not principal.org_member:
+        raise error_list(403, f"'{info.user_id}' is not associated with organization '{org_name}'")
+    return Requestor(name=principal.name, kind=principal.kind, org_name=org.name, org_id=org.id,
+                     org_guid=org.guid, public_key=public_key, principal_id=principal.principal_id)
+
+
+# --------------------------------------------------------------------------------------
+# authorization (§10.3)
+
+
+def forbidden(requestor: Requestor) -> AuthError:
+    return error_list(403, f"User or client '{requestor.name}' does not have access to that action on this server.")
+
+
+def can_read(requestor: Requestor) -> bool:
+    if group_exists(requestor.org_id, READERS_GROUP):
+        return is_member(requestor.org_id, READERS_GROUP, requestor.kind, requestor.name)
+    return True  # any authenticated org member
+
+
+def can_write(requestor: Requestor) -> bool:
+    if group_exists(requestor.org_id, WRITERS_GROUP):
+        return is_member(requestor.org_id, WRITERS_GROUP, requestor.kind, requestor.name)
+    if group_exists(requestor.org_id, ADMINS_GROUP):
+        return is_member(requestor.org_id, ADMINS_GROUP, requestor.kind, requestor.name)
+    return False
+
+
+def authorize(requestor: Requestor, action: str, *, node: Optional[str] = None,
+              validate_client_node_name: bool = True) -> None:
+    """Raise 403 unless `requestor` may do `action` ("read", "write" or "config")."""
+    if action == "config" and requestor.kind == "client":
+        if validate_client_node_name and requestor.name != node:
+            raise error_list(403, "Client and node name must match")
+        return
+    if action in ("read", "config"):
+        ok = can_read(requestor)
+    elif action == "write":
+        ok = can_write(requestor)
+    else:  # pragma: no cover - programming error
+        raise ValueError(f"unknown action {action!r}")
+    if not ok:
+        raise forbidden(requestor)
+
+
+# --------------------------------------------------------------------------------------
+# the pipeline for a Flask view
+
+
+def raw_request_path(environ: Mapping[str, Any], fallback: str) -> str:
+    """The path exactly as the client sent (and signed) it, without the query string."""
+    raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+    if raw:
+        raw = raw.split("?", 1)[0]
+        if raw.startswith(("http://", "https://")):  # absolute-form request target
+            raw = "/" + raw.split("://", 1)[1].partition("/")[2]
+        return raw
+    return fallback
+
+
+def read_body() -> bytes:
+    """The request body, 413 beyond MAX_REQUEST_BODY (checked before reading it all)."""
+    from flask import request
+
+    if request.method not in ("POST", "PUT", "PATCH"):
+        return request.get_data(cache=True) if request.content_length else b""
+    if request.content_length is not None and request.content_length > MAX_REQUEST_BODY:
+        raise too_large()
+    data = request.stream.read(MAX_REQUEST_BODY + 1) if request.content_length is None else request.get_data(cache=True)
+    if len(data) > MAX_REQUEST_BODY:
+        raise too_large()
+    return data
+
+
+def signed_request(action: str, *, malformed: Optional[Callable[[bytes], Any]] = None,
+                   node_arg: Optional[str] = None) -> Callable:
+    """Decorator: run the §10.2 pipeline, then call the view.
+
+    `malformed(body)` is the resource's own malformed-request check (runs
+    before authentication, as in the original); its result is put in
+    `flask.g.parsed`. The authenticated principal is `flask.g.requestor`.
+    """
+
+    def decorate(view: Callable) -> Callable:
+        @functools.wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            from flask import current_app, g, request
+
+            settings = current_app.extensions["pushjobs"].settings
+            info = check_headers(request.headers)
+            body = read_body()
+            g.body = body
+            g.parsed = malformed(body) if malformed is not None else None
+            org_name = kwargs.get("org", "")
+            path = raw_request_path(request.environ, request.path)
+            requestor = authenticate(org_name, info, request.headers, request.method, path, body)
+            authorize(requestor, action, node=kwargs.get(node_arg) if node_arg else None,
+                      validate_client_node_name=settings.validate_client_node_name)
+            g.requestor = requestor
+            return view(*args, **kwargs)
+
+        return wrapper
+
+    return decorate

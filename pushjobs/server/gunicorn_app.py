@@ -1,0 +1,160 @@
+"""push-jobs-server's process model: gunicorn, exactly ONE gevent worker, hooks.
+
+Why one worker: node liveness, session keys, the ZAP allow-list and the job
+state machines live in memory (PROTOCOL.md §15: heartbeats never touch the
+database), and the ZeroMQ PUB/ROUTER sockets can be bound by one process
+only. So the master only supervises; the worker holds everything:
+
+* `load()` (in the worker: `preload_app` stays off) builds the `Runtime` and
+  the Flask app around it;
+* `post_worker_init` makes psycopg2 cooperative (PostgreSQL), opens the store
+  and calls `runtime.start()` (binds ZeroMQ, starts timers) — never in the
+  master, whose forks would share the sockets;
+* a watcher greenlet calls `runtime.stop()` as soon as the worker is told to
+  exit (SIGTERM on the master), so open SSE streams end and the worker
+  finishes well within `graceful_timeout`; `worker_exit` makes sure it ran
+  and closes the store.
+
+SIGHUP: gunicorn re-reads the configuration (we re-read the settings file)
+and replaces the worker. Because the new worker must bind the same ZeroMQ
+ports, `on_reload` stops the old worker *before* the new one is spawned: a
+reload is a short restart of the worker (node FSMs are rebuilt by the nodes'
+next heartbeats; jobs in flight are handled as after a crash, §9.7).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from typing import Any, Callable, Optional
+
+from gunicorn.app.base import BaseApplication
+
+from pushjobs.server.settings import Settings
+
+log = logging.getLogger("pushjobs.server")
+
+GRACEFUL_TIMEOUT = 5  # s the master waits for the worker on SIGTERM/SIGHUP
+WORKER_CONNECTIONS = 2000  # concurrent HTTP connections (SSE streams count)
+
+
+class PushJobsApplication(BaseApplication):
+    """A gunicorn application whose configuration comes from our Settings, not gunicorn's CLI."""
+
+    def __init__(self, settings: Settings, server_private_key: Any,
+                 reload_settings: Optional[Callable[[], Settings]] = None):
+        self.settings = settings
+        self.server_private_key = server_private_key
+        self.reload_settings = reload_settings
+        self.runtime: Any = None
+        self._stopped = False
+        self._loaded_once = False
+        super().__init__()
+
+    # --- configuration (master) ------------------------------------------
+    def load_config(self) -> None:
+        if self._loaded_once and self.reload_settings is not None:
+            try:
+                self.settings = self.reload_settings()
+                log.info("settings reloaded")
+            except Exception as exc:  # noqa: BLE001 - keep serving with the old settings
+                log.error("settings not reloaded, keeping the old ones: %s", exc)
+        self._loaded_once = True
+        s = self.settings
+        level = str(s.log_level).lower()
+        options = {
+            "bind": [f"{_bracket(s.api_listen_address)}:{s.api_port}"],
+            "workers": 1,
+            "worker_class": "gevent",
+            "worker_connections": WORKER_CONNECTIONS,
+            "preload_app": False,
+            "graceful_timeout": GRACEFUL_TIMEOUT,
+            "timeout": 30,
+            "keepalive": 5,
+            "proc_name": "push-jobs-server",
+            "loglevel": level if level in ("debug", "info", "warning", "error", "critical") else "info",
+            "errorlog": "-",
+            "accesslog": "-" if level == "debug" else None,
+            "post_worker_init": self._post_worker_init,
+            "worker_exit": self._worker_exit,
+            "on_reload": _stop_workers_before_reload,
+        }
+        if s.ssl_certificate and s.ssl_certificate_key:
+            options["certfile"] = s.ssl_certificate
+            options["keyfile"] = s.ssl_certificate_key
+        for key, value in options.items():
+            self.cfg.set(key, value)
+
+    # --- the worker -------------------------------------------------------
+    def load(self) -> Any:
+        """Runs in the worker: the one Runtime and the Flask app around it."""
+        from pushjobs.server.app import create_app
+        from pushjobs.server.runtime import Runtime
+
+        self._stopped = False
+        self.runtime = Runtime(self.settings, server_private_key=self.server_private_key)
+        return create_app(self.settings, self.runtime)
+
+    def _post_worker_init(self, worker: Any) -> None:
+        from pushjobs.server import store
+
+        url = self.settings.resolved_database_url()
+        if store.is_postgres_url(url):
+            store.make_cooperative()
+        store.open_database(self.settings, migrate=False)
+        self.runtime.start()
+        log.info("worker %d serving the API on %s:%d (incarnation %s)", os.getpid(),
+                 self.settings.api_listen_address, self.settings.api_port,
+                 getattr(self.runtime, "incarnation_id", "?"))
+        import gevent
+
+        gevent.spawn(self._stop_when_told, worker)
+
+    def _stop_when_told(self, worker: Any) -> None:
+        import gevent
+
+        while worker.alive:
+            gevent.sleep(0.1)
+        log.info("worker %d shutting down", os.getpid())
+        self._stop_runtime()
+
+    def _stop_runtime(self) -> None:
+        if self._stopped or self.runtime is None:
+            return
+        self._stopped = True
+        try:
+            self.runtime.stop()
+        except Exception:  # noqa: BLE001 - shutting down anyway
+            log.exception("runtime.stop failed")
+
+    def _worker_exit(self, server: Any, worker: Any) -> None:
+        from pushjobs.server import store
+
+        self._stop_runtime()
+        try:
+            store.close_database()
+        except Exception:  # noqa: BLE001
+            log.exception("closing the database failed")
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def _stop_workers_before_reload(arbiter: Any) -> None:
+    """gunicorn spawns the new worker before retiring the old; we cannot (ZeroMQ ports)."""
+    pids = list(arbiter.WORKERS)
+    for pid in pids:
+        arbiter.kill_worker(pid, signal.SIGTERM)
+    deadline = time.monotonic() + GRACEFUL_TIMEOUT + 2
+    while arbiter.WORKERS and time.monotonic() < deadline:
+        arbiter.reap_workers()
+        time.sleep(0.05)
+    for pid in list(arbiter.WORKERS):
+        arbiter.kill_worker(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 2
+    while arbiter.WORKERS and time.monotonic() < deadline:
+        arbiter.reap_workers()
+        time.sleep(0.05)
