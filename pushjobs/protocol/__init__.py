@@ -42,3 +42,16 @@ from .timestamps import (
     parse_iso8601,
     sse_timestamp,
 )
+from .messages import (
+    ClientMessage,
+    ServerMessage,
+    parse_client_message,
+    parse_server_message,
+)
+from .chef_auth import (
+    ChefAuthError,
+    SignedRequest,
+    parse_auth_headers,
+    sign_request,
+    verify_signature,
+)
