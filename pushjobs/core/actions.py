@@ -193,10 +193,11 @@ class Rehab:
 @dataclass(frozen=True)
 class Finished:
     """The job reached the terminal `status` (`complete`, `quorum_failed`,
-    `timed_out`, `aborted`). Always preceded by the `job_complete` Emit and
-    the SetJobStatus. The shell ends live SSE streams after `job_complete`,
-    keeps the job readable for `wait_complete_time` seconds (the FSM ignores
-    all further input), then forgets it."""
+    `timed_out`, `aborted`, or `crashed`). Always preceded by the
+    SetJobStatus, and (except for `crashed`, §11.4) by the `job_complete`
+    Emit. The shell ends live SSE streams, keeps the job readable for
+    `wait_complete_time` seconds (the FSM ignores all further input), then
+    forgets it."""
 
     status: str
 

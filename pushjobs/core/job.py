@@ -19,7 +19,8 @@ Rules of this file:
   early start).
 
 Job statuses: `new` → `voting` → `running` → `complete` | `timed_out`;
-`voting` → `quorum_failed`; `voting`/`running` → `aborted` (ours, D9).
+`voting` → `quorum_failed`; `voting`/`running` → `aborted` (ours, D9);
+any live status → `crashed` (`crash`, §9.7).
 After finishing the FSM is `finished` and ignores everything (the shell
 lingers `wait_complete_time`).
 """
@@ -333,15 +334,39 @@ class JobFSM:
                 out.append(SetNodeStatus(n, N_ABORTED))
         return out + self._finish(ABORTED)
 
+    def crash(self, now: float) -> list[Action]:
+        """The coordinator hit an unexpected error driving this job (§9.7, the
+        "job process died abnormally" case): the job becomes `crashed`, every
+        node is reset (bulk rehab), and non-terminal job nodes become
+        `crashed` too (the reference left them as they were, S12). No
+        `job_complete` event: live SSE streams just end (§11.4). Safe to call
+        whatever state an exception left the FSM in."""
+        if self.finished:
+            return []
+        was = self.status
+        self.status = CRASHED
+        out: list[Action] = [SetJobStatus(CRASHED)]
+        if was == VOTING_S:
+            out.append(CancelTimer(VOTING_TIMER))
+        elif was == RUNNING_S:
+            out.append(CancelTimer(RUN_TIMER))
+        for n, st in self.nodes.items():
+            if st not in NODE_TERMINAL:
+                self.nodes[n] = N_CRASHED
+                out.append(SetNodeStatus(n, N_CRASHED))
+            out.append(Rehab(n, bulk=True))
+        out.append(Finished(CRASHED))
+        return out
+
     # --- the few lines that apply the tables --------------------------------
 
     def _column(self, node: str) -> str:
         st = self.nodes[node]
         return TERMINAL if st in NODE_TERMINAL else st
 
-    def _voting_event(self, node: str, event: str, body: Mapping[str, Any] = {}) -> list[Action]:
+    def _voting_event(self, node: str, event: str, body: Optional[Mapping[str, Any]] = None) -> list[Action]:
         cell = VOTING[(event, self._column(node))]
-        return self._run_steps(node, cell, body)
+        return self._run_steps(node, cell, body or {})
 
     def _running_event(self, node: str, event: str, body: Mapping[str, Any]) -> list[Action]:
         col = self._column(node)

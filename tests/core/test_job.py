@@ -624,3 +624,31 @@ def test_terminal_node_status_never_changes_in_random_runs():
         assert sum(1 for a in acts if isinstance(a, Emit) and a.name == "start") == 1
 
     check()
+
+
+# --- crash (§9.7) ----------------------------------------------------------------------------------------
+
+
+def test_crash_while_running_rehabs_every_node_and_emits_nothing():
+    j = started(("a", "b", "c"), quorum=2)
+    j.message("a", "ack_commit", {}, 1.0)
+    j.message("b", "ack_commit", {}, 1.0)
+    j.message("c", "nack_commit", {}, 1.0)
+    j.message("a", "ack_run", {}, 2.0)
+    assert j.crash(3.0) == [
+        SetJobStatus("crashed"),
+        CancelTimer("run"),
+        st("a", "crashed"),
+        Rehab("a", bulk=True),
+        st("b", "crashed"),
+        Rehab("b", bulk=True),
+        Rehab("c", bulk=True),
+        Finished("crashed"),
+    ]
+    assert j.finished and j.nodes == {"a": "crashed", "b": "crashed", "c": "nacked"}
+    assert j.crash(4.0) == [] and j.abort(4.0) == [] and j.message("a", "succeeded", BODY, 4.0) == []
+
+
+def test_crash_while_voting_cancels_the_voting_timer():
+    j = started(("a",))
+    assert j.crash(1.0)[:2] == [SetJobStatus("crashed"), CancelTimer("voting")]
