@@ -1,0 +1,219 @@
+"""A real Debian 12 root for the package tests: debootstrap, cached as a tarball.
+
+Why a chroot and not a container: the test machine runs no container engine,
+and a chroot is enough to exercise what matters here -- dpkg unpacking the
+packages, the maintainer scripts (user creation, the offline virtualenv build
+from the carried wheels, `push-jobs-server-ctl init`), and the installed
+commands running against Debian's own python3. systemd does not run in a
+chroot; the maintainer scripts detect that (no /run/systemd/system) and only
+record the unit's enablement, which the tests check.
+
+`prepared_tarball()` runs `debootstrap --variant=minbase --include=python3,
+python3-venv bookworm` once and keeps the result as
+/var/cache/pushjobs-tests/bookworm-<hash>.tar (the hash covers everything
+that shapes the root), so later runs only unpack it (seconds). A cold run
+takes about a minute on the test machine.
+
+`DebianRoot` unpacks the tarball into a fresh directory, mounts /proc inside
+it, and on `close()` kills whatever the test started there, unmounts and
+deletes the directory -- refusing to delete while anything is still mounted
+below it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+log = logging.getLogger(__name__)
+
+CACHE_DIR = Path(os.environ.get("PUSHJOBS_TEST_CACHE", "/var/cache/pushjobs-tests"))
+SUITE = "bookworm"
+VARIANT = "minbase"
+INCLUDE = ("python3", "python3-venv")
+MIRROR = os.environ.get("PUSHJOBS_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+#: Bump when the way the root is prepared changes (invalidates the cache).
+RECIPE = "1"
+DEBOOTSTRAP_TIMEOUT = 600
+
+#: A minimal, predictable environment for commands run inside the root.
+CHROOT_ENV = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "LANG": "C.UTF-8",
+    "HOME": "/root",
+    "DEBIAN_FRONTEND": "noninteractive",
+}
+
+
+def cache_key() -> str:
+    text = "|".join([SUITE, VARIANT, ",".join(INCLUDE), MIRROR, RECIPE])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def prepared_tarball(cache_dir: Path = CACHE_DIR) -> Path:
+    """The cached tarball of a prepared root, building it on first use."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tarball = cache_dir / f"{SUITE}-{cache_key()}.tar"
+    if tarball.exists():
+        return tarball
+    with open(cache_dir / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another run may be building it right now
+        if tarball.exists():
+            return tarball
+        work = Path(tempfile.mkdtemp(prefix="debootstrap-", dir=cache_dir))
+        try:
+            root = work / "root"
+            cmd = ["debootstrap", f"--variant={VARIANT}", f"--include={','.join(INCLUDE)}",
+                   SUITE, str(root), MIRROR]
+            log.info("running %s", " ".join(cmd))
+            res = subprocess.run(cmd, capture_output=True, text=True, timeout=DEBOOTSTRAP_TIMEOUT)
+            if res.returncode != 0:
+                raise RuntimeError(f"debootstrap failed (rc {res.returncode}):\n"
+                                   f"{res.stdout[-4000:]}\n{res.stderr[-4000:]}")
+            # Keep the tarball small: the package cache is not needed offline.
+            for deb in (root / "var/cache/apt/archives").glob("*.deb"):
+                deb.unlink()
+            partial = tarball.with_suffix(".tar.partial")
+            subprocess.run(["tar", "-C", str(root), "--numeric-owner", "-cf", str(partial), "."],
+                           check=True)
+            partial.rename(tarball)
+        finally:
+            _remove_tree(work)
+    return tarball
+
+
+def _mounts_below(path: Path) -> list[str]:
+    prefix = str(path.resolve()).rstrip("/") + "/"
+    found = []
+    with open("/proc/self/mounts") as fh:
+        for line in fh:
+            target = line.split()[1].replace("\\040", " ")
+            if target.startswith(prefix) or target == prefix.rstrip("/"):
+                found.append(target)
+    return found
+
+
+def _remove_tree(path: Path) -> None:
+    if not path.exists():
+        return
+    if _mounts_below(path):
+        log.error("not deleting %s: still mounted: %s", path, _mounts_below(path))
+        return
+    shutil.rmtree(path, ignore_errors=True)
+
+
+class DebianRoot:
+    """One throwaway Debian root unpacked from the cached tarball."""
+
+    def __init__(self, tarball: Path, parent: Optional[Path] = None):
+        self.path = Path(tempfile.mkdtemp(prefix="pushjobs-debroot-", dir=parent))
+        self._procs: list[subprocess.Popen] = []
+        self._mounted: list[Path] = []
+        try:
+            subprocess.run(["tar", "-C", str(self.path), "--numeric-owner", "-xf", str(tarball)],
+                           check=True)
+            proc_dir = self.path / "proc"
+            subprocess.run(["mount", "-t", "proc", "proc", str(proc_dir)], check=True)
+            self._mounted.append(proc_dir)
+        except BaseException:
+            self.close()
+            raise
+
+    # --- files --------------------------------------------------------------
+    def host_path(self, inside: str) -> Path:
+        """The host path of `inside` (an absolute path in the root)."""
+        return self.path / inside.lstrip("/")
+
+    def read(self, inside: str) -> str:
+        return self.host_path(inside).read_text()
+
+    def write(self, inside: str, text: str, mode: int = 0o644) -> None:
+        p = self.host_path(inside)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+        p.chmod(mode)
+
+    # --- commands -----------------------------------------------------------
+    def _argv(self, argv: Sequence[str], user: Optional[str]) -> list[str]:
+        cmd = ["chroot"]
+        if user:
+            cmd.append(f"--userspec={user}:{user}")
+        return [*cmd, str(self.path), *argv]
+
+    def run(self, argv: Sequence[str], *, user: Optional[str] = None, check: bool = True,
+            timeout: float = 300, env: Optional[dict] = None) -> subprocess.CompletedProcess:
+        """Run a command inside the root and wait for it."""
+        full_env = dict(CHROOT_ENV, **(env or {}))
+        res = subprocess.run(self._argv(argv, user), capture_output=True, text=True,
+                             timeout=timeout, env=full_env)
+        if check and res.returncode != 0:
+            raise AssertionError(f"in chroot: {' '.join(argv)} -> rc {res.returncode}\n"
+                                 f"stdout:\n{res.stdout[-6000:]}\nstderr:\n{res.stderr[-6000:]}")
+        return res
+
+    def start(self, argv: Sequence[str], log_path: Path, *, user: Optional[str] = None,
+              env: Optional[dict] = None) -> subprocess.Popen:
+        """Start a long-running command inside the root in its own process group."""
+        full_env = dict(CHROOT_ENV, **(env or {}))
+        with open(log_path, "ab") as logf:
+            proc = subprocess.Popen(self._argv(argv, user), stdout=logf, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, env=full_env,
+                                    start_new_session=True)
+        self._procs.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen, timeout: float = 10.0) -> None:
+        """TERM the process group we started; KILL it if it overstays."""
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        # the group (e.g. a gunicorn worker) may outlive its leader
+        deadline = time.monotonic() + timeout
+        while _group_alive(proc.pid) and time.monotonic() < deadline:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            time.sleep(0.05)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(1)
+
+    def close(self) -> None:
+        """Stop what we started, unmount, delete. Safe to call twice."""
+        for proc in self._procs:
+            self.stop(proc, timeout=5.0)
+        self._procs.clear()
+        for mnt in reversed(self._mounted):
+            res = subprocess.run(["umount", str(mnt)], capture_output=True, text=True)
+            if res.returncode != 0:
+                subprocess.run(["umount", "-l", str(mnt)], capture_output=True, text=True)
+        self._mounted.clear()
+        _remove_tree(self.path)
+
+    def __enter__(self) -> "DebianRoot":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
