@@ -28,7 +28,7 @@ lingers `wait_complete_time`).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Container, Mapping, Optional, Sequence
 
 from pushjobs.core.actions import (

@@ -596,7 +596,7 @@ def test_terminal_node_status_never_changes_in_random_runs():
         max_size=30,
     )
 
-    @settings(max_examples=300, deadline=None)
+    @settings(max_examples=200, deadline=None)
     @given(events, s.sets(s.sampled_from(["a", "b", "c"])), s.sampled_from([None, 0, 1, 2, 3, 4]))
     def check(evs, available, quorum):
         j = JobFSM(spec(("a", "b", "c"), quorum=quorum))
