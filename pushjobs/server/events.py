@@ -186,6 +186,17 @@ class EventBus:
         if feed is not None and not feed.finished:
             feed.finish()
 
+    def close_all(self) -> None:
+        """Server shutdown: every open stream ends (the worker must exit promptly)."""
+        for feed in self.job_feeds.values():
+            for q in feed.subscribers:
+                q.put(None)
+            feed.subscribers.clear()
+        for org in self.org_feeds.values():
+            for q in org.subscribers:
+                q.put(None)
+            org.subscribers.clear()
+
     def org_feed(self, org_name: str) -> OrgFeed:
         feed = self.org_feeds.get(org_name)
         if feed is None:

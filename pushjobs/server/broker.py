@@ -1,0 +1,197 @@
+"""The ZeroMQ side of the server: heartbeat PUB, command ROUTER, ZAP handler.
+
+Rules of this file:
+* Sockets only. What a frame set means is the node registry's business
+  (`on_frames(routing_id, frames)`); the broker never parses a body.
+* Everything runs as greenlets of the one gevent worker (`zmq.green`).
+* The ZAP handler is bound and serving BEFORE the ROUTER binds (§3.4): a
+  CURVE socket without a reachable handler would admit any client key.
+* The heartbeat is RSA-signed once per interval and published to everyone
+  (§5.3, §6.1); its cost does not depend on the number of nodes.
+* No loop ever dies on bad input: every callback is wrapped, failures are
+  logged and the loop continues.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import time
+from typing import Callable, Optional
+
+import gevent
+import zmq.green as zmq
+
+from pushjobs.protocol import signing
+from pushjobs.protocol.timestamps import http_date
+
+log = logging.getLogger(__name__)
+
+ZAP_ENDPOINT = "inproc://zeromq.zap.01"
+
+
+class Broker:
+    """Owns the three sockets and their greenlets.
+
+    `on_frames(routing_id, frames)` is called for every message arriving on
+    the ROUTER (frames after the routing id, any count). `key_allowed(raw32)`
+    decides ZAP admission. `heartbeat_body()` returns the fields of the next
+    server heartbeat (without signature).
+    """
+
+    def __init__(
+        self,
+        *,
+        listen_address: str,
+        heartbeat_port: int,
+        command_port: int,
+        heartbeat_interval: float,
+        server_private_key,
+        incarnation_id: str,
+        on_frames: Callable[[bytes, list[bytes]], None],
+        key_allowed: Callable[[bytes], bool],
+        curve_secret_key: Optional[str],
+        max_frame_bytes: int,
+    ):
+        self.listen_address = listen_address
+        self.heartbeat_port = heartbeat_port
+        self.command_port = command_port
+        self.heartbeat_interval = heartbeat_interval
+        self.server_private_key = server_private_key
+        self.incarnation_id = incarnation_id
+        self.on_frames = on_frames
+        self.key_allowed = key_allowed
+        self.curve_secret_key = curve_secret_key
+        self.max_frame_bytes = max_frame_bytes
+        self.hostname = socket.gethostname()
+        self.ctx: Optional[zmq.Context] = None
+        self.pub = None
+        self.router = None
+        self.zap = None
+        self.greenlets: list[gevent.Greenlet] = []
+        self.heartbeat_sequence = 0
+        self.zap_denied = 0
+
+    # --- lifecycle -------------------------------------------------------
+    def start(self) -> None:
+        self.ctx = zmq.Context()
+        if self.curve_secret_key is not None:
+            self.zap = self.ctx.socket(zmq.REP)
+            self.zap.linger = 0
+            self.zap.bind(ZAP_ENDPOINT)
+            self.greenlets.append(gevent.spawn(self._zap_loop))
+        self.pub = self.ctx.socket(zmq.PUB)
+        self.pub.linger = 0
+        self.pub.bind(f"{self.listen_address}:{self.heartbeat_port}")
+        self.router = self.ctx.socket(zmq.ROUTER)
+        self.router.linger = 0
+        # A cap far above any valid message: oversize-but-sane frames reach the
+        # receive pipeline (dropped and counted there); absurd ones cut the peer.
+        self.router.setsockopt(zmq.MAXMSGSIZE, self.max_frame_bytes)
+        if self.curve_secret_key is not None:
+            self.router.curve_server = True
+            self.router.curve_secretkey = self.curve_secret_key.encode("ascii")
+        self.router.bind(f"{self.listen_address}:{self.command_port}")
+        self.greenlets.append(gevent.spawn(self._router_loop))
+        self.greenlets.append(gevent.spawn(self._heartbeat_loop))
+        log.info(
+            "broker up: heartbeat %s:%s command %s:%s curve=%s",
+            self.listen_address, self.heartbeat_port, self.listen_address, self.command_port,
+            self.curve_secret_key is not None,
+        )
+
+    def stop(self) -> None:
+        gevent.killall(self.greenlets, block=True, timeout=2)
+        self.greenlets.clear()
+        for s in (self.router, self.pub, self.zap):
+            if s is not None:
+                try:
+                    s.close(linger=0)
+                except Exception:  # pragma: no cover - best effort at shutdown
+                    log.exception("closing socket")
+        self.router = self.pub = self.zap = None
+        if self.ctx is not None:
+            self.ctx.term()
+            self.ctx = None
+
+    # --- sending ---------------------------------------------------------
+    def send(self, routing_id: bytes, frames: list[bytes]) -> None:
+        """Send [routing_id, header, body]; unknown routing ids are silently dropped."""
+        if self.router is None:
+            return
+        try:
+            self.router.send_multipart([routing_id] + frames, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            log.warning("command socket full, message to %r dropped", routing_id)
+        except zmq.ZMQError as e:
+            log.warning("command send failed: %s", e)
+
+    # --- loops -----------------------------------------------------------
+    def _zap_loop(self) -> None:
+        """ZAP (RFC 27): admit a CURVE client iff its key came with a recent config request."""
+        while True:
+            try:
+                msg = self.zap.recv_multipart()
+            except zmq.ZMQError:
+                return
+            try:
+                version, request_id = msg[0], msg[1]
+                mechanism = msg[5] if len(msg) > 5 else b""
+                key = msg[6] if len(msg) > 6 else b""
+                ok = mechanism == b"CURVE" and len(key) == 32 and self.key_allowed(key)
+                if ok:
+                    reply = [version, request_id, b"200", b"OK", b"", b""]
+                else:
+                    self.zap_denied += 1
+                    log.info("ZAP: refused client key (mechanism %r)", mechanism)
+                    reply = [version, request_id, b"400", b"No such client", b"", b""]
+            except Exception:
+                log.exception("ZAP: bad request")
+                reply = [msg[0] if msg else b"1.0", msg[1] if len(msg) > 1 else b"", b"500", b"Internal error", b"", b""]
+            try:
+                self.zap.send_multipart(reply)
+            except zmq.ZMQError:
+                return
+
+    def _router_loop(self) -> None:
+        while True:
+            try:
+                msg = self.router.recv_multipart(copy=True)
+            except zmq.ZMQError as e:
+                if e.errno in (zmq.ETERM, zmq.ENOTSOCK):
+                    return
+                log.warning("command socket receive failed: %s", e)
+                continue
+            try:
+                self.on_frames(msg[0], msg[1:])
+            except Exception:
+                log.exception("command message handling failed (dropped)")
+
+    def _heartbeat_loop(self) -> None:
+        interval = self.heartbeat_interval
+        next_at = time.monotonic()
+        while True:
+            try:
+                self.publish_heartbeat()
+            except Exception:
+                log.exception("heartbeat publish failed")
+            next_at += interval
+            delay = next_at - time.monotonic()
+            if delay < 0:  # fell behind (e.g. a slow DB call): do not burst
+                next_at = time.monotonic()
+                delay = 0
+            gevent.sleep(delay)
+
+    def publish_heartbeat(self) -> None:
+        body = {
+            "sequence": self.heartbeat_sequence,
+            "timestamp": http_date(),
+            "server": self.hostname,
+            "type": "heartbeat",
+            "incarnation_id": self.incarnation_id,
+        }
+        self.heartbeat_sequence += 1
+        raw = json.dumps(body, separators=(",", ":")).encode()
+        frames = signing.encode_frames(raw, signing.RSA2048_SHA1, self.server_private_key)
+        self.pub.send_multipart(frames, flags=zmq.NOBLOCK)
