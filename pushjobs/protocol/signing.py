@@ -57,6 +57,10 @@ KeyFor = Callable[[dict], Any]
 def _b64decode(text: str) -> bytes | None:
     """Lenient base64 (whitespace, missing padding) as the reference client does."""
     try:
+        return base64.b64decode(text, validate=True)  # the canonical form: fast path
+    except (binascii.Error, ValueError, TypeError):
+        pass
+    try:
         raw = text.encode("ascii") if isinstance(text, str) else bytes(text)
         raw = b"".join(raw.split())
         raw += b"=" * (-len(raw) % 4)
@@ -72,7 +76,7 @@ def sha1_checksum(body: bytes) -> bytes:
 
 def hmac_sign(key: bytes, body: bytes) -> str:
     """base64(HMAC-SHA256(key, body)), canonical padding, no newlines."""
-    return base64.b64encode(hmac.new(key, body, hashlib.sha256).digest()).decode("ascii")
+    return base64.b64encode(hmac.digest(key, body, "sha256")).decode("ascii")
 
 
 def hmac_verify(key: bytes, body: bytes, signature_b64: str) -> bool:
@@ -80,7 +84,7 @@ def hmac_verify(key: bytes, body: bytes, signature_b64: str) -> bool:
     given = _b64decode(signature_b64)
     if given is None:
         return False
-    return hmac.compare_digest(hmac.new(key, body, hashlib.sha256).digest(), given)
+    return hmac.compare_digest(hmac.digest(key, body, "sha256"), given)
 
 
 def rsa_sign(private_key: rsa.RSAPrivateKey, body: bytes) -> str:
@@ -136,11 +140,16 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+# One decoder for all calls: json.loads(..., parse_constant=...) would build a
+# new one per message.  NaN/Infinity are not JSON and are refused.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def parse_body(body: bytes) -> dict:
-    """JSON object from the body bytes, else ProtocolError(bad_json)."""
+    """JSON object from the (UTF-8) body bytes, else ProtocolError(bad_json)."""
     try:
-        obj = json.loads(body, parse_constant=_reject_constant)
-    except (ValueError, RecursionError, TypeError) as exc:  # UnicodeDecodeError is a ValueError
+        obj = _DECODER.decode(body.decode("utf-8") if not isinstance(body, str) else body)
+    except (ValueError, RecursionError, TypeError, AttributeError) as exc:  # incl. UnicodeDecodeError
         raise ProtocolError("bad_json", str(exc)[:200]) from None
     if not isinstance(obj, dict):
         raise ProtocolError("bad_json", f"body is a JSON {type(obj).__name__}, not an object")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import calendar
 import datetime as _dt
 import email.utils
+import functools
 import re
 import time
 
@@ -82,6 +83,13 @@ def parse_http_date(s: str) -> float:
     """
     if not isinstance(s, str):
         raise ProtocolError("bad_timestamp", f"timestamp is not a string: {type(s).__name__}")
+    return _parse_http_date(s)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_http_date(s: str) -> float:
+    # Cached: thousands of nodes stamp their heartbeats with the same few
+    # seconds, so on a busy server most lookups hit.  Errors are not cached.
     m = _RFC1123.match(s)
     if m is not None:
         month = _MONTHS.get(m.group(2))
