@@ -10,6 +10,8 @@ expose it: it is done with modular exponentiation (PROTOCOL.md §4.3, §18).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import tempfile
 from typing import Union
@@ -33,6 +35,12 @@ __all__ = [
     "rsa_decrypt",
     "rsa_private_encrypt",
     "rsa_public_decrypt",
+    "SESSION_KEY_BYTES",
+    "CURVE_KEY_BYTES",
+    "new_session_key",
+    "encrypt_session_key",
+    "decrypt_session_key",
+    "parse_curve_key",
     "curve_keypair",
     "z85_encode",
     "z85_decode",
@@ -184,6 +192,44 @@ def rsa_public_decrypt(public_key: PublicKey, signature: bytes) -> bytes | None:
     if sep < 10 or em[2:sep] != b"\xff" * (sep - 2):  # at least 8 bytes of FF
         return None
     return em[sep + 1 :]
+
+
+#: §2.3: one 256-bit HMAC key per (org, node)
+SESSION_KEY_BYTES = 32
+#: §3.3: a CurveZMQ key is 32 bytes, 40 Z85 characters
+CURVE_KEY_BYTES = 32
+
+
+def new_session_key() -> bytes:
+    """32 random bytes: the hmac_sha256 session key of one (org, node) (§2.3)."""
+    return os.urandom(SESSION_KEY_BYTES)
+
+
+def encrypt_session_key(public_key: PublicKey, session_key: bytes) -> str:
+    """The config response's ``encoded_session_key``: base64 of the PKCS#1
+    v1.5 encryption with the requestor's public key (§2.3)."""
+    return base64.b64encode(rsa_encrypt(public_key, session_key)).decode("ascii")
+
+
+def decrypt_session_key(private_key: PrivateKey, encoded: str) -> bytes:
+    """Inverse of :func:`encrypt_session_key`, as the client does it; anything
+    that does not yield exactly 32 bytes raises ProtocolError(bad_key)."""
+    try:
+        blob = base64.b64decode(encoded, validate=False)
+    except (binascii.Error, ValueError, TypeError):
+        raise ProtocolError("bad_key", "session key is not base64") from None
+    key = rsa_decrypt(private_key, blob)
+    if len(key) != SESSION_KEY_BYTES:
+        raise ProtocolError("bad_key", f"session key is {len(key)} bytes, expected {SESSION_KEY_BYTES}")
+    return key
+
+
+def parse_curve_key(text: str | bytes) -> bytes:
+    """A Z85 CurveZMQ public key (e.g. the ``ccpk`` query parameter) → 32 raw
+    bytes; anything else raises ProtocolError(bad_key) (§17.2 S5)."""
+    if not isinstance(text, (str, bytes, bytearray)) or len(text) != 40:
+        raise ProtocolError("bad_key", "a CurveZMQ key is 40 Z85 characters")
+    return z85_decode(text)
 
 
 def curve_keypair() -> tuple[str, str]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import json
+import uuid
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, ClassVar, Mapping, TypeVar, Union
 
@@ -52,6 +53,7 @@ __all__ = [
     "server_message",
     "client_message",
     "dumps",
+    "new_incarnation_id",
 ]
 
 MAX_JOB_ID_BYTES = 64
@@ -61,6 +63,12 @@ JOB_STATES = ("idle", "committed", "running")
 
 _MISSING = object()
 M = TypeVar("M", bound="_Message")
+
+
+def new_incarnation_id() -> str:
+    """A random UUID: made once per process (server or agent) and never
+    persisted, so a restart is visible to the peer (§6.5)."""
+    return str(uuid.uuid4())
 
 
 def dumps(obj: Mapping[str, Any]) -> bytes:

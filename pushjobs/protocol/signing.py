@@ -156,6 +156,14 @@ def parse_body(body: bytes) -> dict:
     return obj
 
 
+def _frame_bytes(frame: Any, reason: str) -> bytes:
+    """bytes of a memoryview / zmq.Frame (anything with the buffer protocol)."""
+    try:
+        return bytes(memoryview(frame))
+    except TypeError:
+        raise ProtocolError(reason, f"frame is {type(frame).__name__}, not bytes") from None
+
+
 def decode_frames(
     frames: Sequence[bytes],
     key_for: KeyFor,
@@ -188,11 +196,9 @@ def decode_frames(
         raise ProtocolError("frame_count", f"{len(frames)} frames, expected 2")
     header_frame, body = frames
     if not isinstance(body, (bytes, bytearray)):
-        if not isinstance(body, memoryview):
-            raise ProtocolError("bad_json", f"body frame is {type(body).__name__}, not bytes")
-        body = bytes(body)
-    if not isinstance(header_frame, (bytes, bytearray, memoryview)):
-        raise ProtocolError("bad_header", f"header frame is {type(header_frame).__name__}")
+        body = _frame_bytes(body, "bad_json")
+    if not isinstance(header_frame, (bytes, bytearray)):
+        header_frame = _frame_bytes(header_frame, "bad_header")
     if len(header_frame) > MAX_HEADER_BYTES:
         raise ProtocolError("header_too_big", f"{len(header_frame)} bytes > {MAX_HEADER_BYTES}")
     if len(body) > max_body_size:

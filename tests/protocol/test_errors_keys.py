@@ -158,3 +158,35 @@ def test_generate_rsa_key():
     k = keys.generate_rsa_key(1024)
     assert k.key_size == 1024
     assert k.public_key().public_numbers().e == 65537
+
+
+def test_session_key_config_round_trip(test_key):
+    session = keys.new_session_key()
+    assert len(session) == keys.SESSION_KEY_BYTES == 32
+    assert keys.new_session_key() != session
+    encoded = keys.encrypt_session_key(test_key.public_key(), session)
+    assert "\n" not in encoded
+    assert keys.decrypt_session_key(test_key, encoded) == session
+
+
+@pytest.mark.parametrize("encoded", ["", "!!!!", "AAAA"])
+def test_decrypt_session_key_bad_input(test_key, encoded):
+    with pytest.raises(ProtocolError) as exc:
+        keys.decrypt_session_key(test_key, encoded)
+    assert exc.value.reason == "bad_key"
+
+
+def test_decrypt_session_key_wrong_length(test_key):
+    encoded = keys.encrypt_session_key(test_key.public_key(), b"short")
+    with pytest.raises(ProtocolError):
+        keys.decrypt_session_key(test_key, encoded)
+
+
+def test_parse_curve_key():
+    public, _ = keys.curve_keypair()
+    assert len(keys.parse_curve_key(public)) == 32
+    assert keys.parse_curve_key(Z85_VECTOR_TEXT.encode()) == Z85_VECTOR_BYTES
+    for bad in ("", Z85_VECTOR_TEXT[:-5], Z85_VECTOR_TEXT[:-1] + "~", "a" * 45, None):
+        with pytest.raises(ProtocolError) as exc:
+            keys.parse_curve_key(bad)
+        assert exc.value.reason == "bad_key"

@@ -212,3 +212,10 @@ def test_non_ascii_output_is_utf8_and_compact():
     lone = m.client_message("failed", node="n", org="o", sequence=1, timestamp=TS,
                             incarnation_id="i", stderr="\udc80")
     assert json.loads(lone.to_body())["stderr"] == "\udc80"
+
+
+def test_new_incarnation_id_is_a_fresh_uuid():
+    import uuid
+
+    a, b = m.new_incarnation_id(), m.new_incarnation_id()
+    assert a != b and uuid.UUID(a).version == 4

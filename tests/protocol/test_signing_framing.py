@@ -243,3 +243,13 @@ def test_decode_timestamps():
 def test_decode_pipeline_order_signature_before_timestamp():
     frames = signing.encode_frames(_client_body(ts="bad"), HMAC_SHA256, VECTOR_KEY)
     assert _reason(frames, key=bytes(32)) == "bad_signature"
+
+
+def test_decode_accepts_memoryviews_and_zmq_frames():
+    import zmq
+
+    frames = signing.encode_frames(VECTOR_BODY, HMAC_SHA256, VECTOR_KEY)
+    assert _decode([memoryview(frames[0]), bytearray(frames[1])])["type"] == "abort"
+    assert _decode([zmq.Frame(frames[0]), zmq.Frame(frames[1])])["type"] == "abort"
+    assert _reason([frames[0], 12]) == "bad_json"
+    assert _reason([None, frames[1]]) == "bad_header"
