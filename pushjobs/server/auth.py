@@ -118,14 +118,15 @@ def check_headers(headers: Mapping[str, str], now: Optional[float] = None) -> He
     from pushjobs.protocol.timestamps import parse_iso8601
 
     missing = [h for h in REQUIRED_HEADERS if _header(headers, h) is None]
+    if _header(headers, "X-Ops-Authorization-1") is None:
+        missing.append("X-Ops-Authorization-1")  # as pushjobs.protocol.chef_auth reports it
     if missing:
         names = ", ".join(f"'{h}'" for h in missing)
         raise error_list(400, f"missing required authentication header(s) {names}")
     user_id = _header(headers, "X-Ops-UserId") or ""
     sign = parse_sign_description(_header(headers, "X-Ops-Sign") or "")
     version = sign.get("version", "")
-    algorithm = sign.get("algorithm", "sha1").lower()
-    if version not in SIGN_VERSIONS or SIGN_VERSIONS[version] != algorithm:
+    if version not in SIGN_VERSIONS or SIGN_VERSIONS[version] != sign.get("algorithm", SIGN_VERSIONS[version]).lower():
         raise error_list(400, "Unsupported authentication protocol version")
     try:
         ts = parse_iso8601(_header(headers, "X-Ops-Timestamp") or "")

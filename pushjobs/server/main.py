@@ -42,6 +42,8 @@ def configure_logging(level: str) -> None:
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     root.addHandler(handler)
     root.setLevel(getattr(logging, str(level).upper(), logging.INFO))
+    # one line per SQL statement drowns everything else, even at debug
+    logging.getLogger("peewee").setLevel(max(root.level, logging.INFO))
 
 
 def _fail(message: str) -> int:
