@@ -165,3 +165,19 @@ def test_chef_auth_parse_raises_only_chef_auth_error(headers):
 from pathlib import Path  # noqa: E402
 
 _PUB = keys.load_public_key((Path(__file__).parent / "data" / "test_key_spki.pem").read_bytes())
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from(["1.0", "1.1", "1.3"]), st.text(min_size=1, max_size=40),
+       st.sampled_from(["GET", "POST", "put", "DELETE"]),
+       st.lists(st.text(alphabet="abc-_.~%", min_size=0, max_size=8), max_size=5),
+       st.binary(max_size=200), st.floats(min_value=0, max_value=2**32, allow_nan=False))
+def test_chef_sign_verify_round_trip(version, user, method, segments, body, t):
+    path = "/" + "/".join(segments)
+    headers = chef_auth.sign_request(_KEY, user.strip() or "u", method, path, body, version=version, timestamp=t)
+    signed = chef_auth.parse_auth_headers({k.lower(): v for k, v in headers.items()})
+    assert chef_auth.verify_signature(signed, method, path + "/", body, _PUB)
+    assert not chef_auth.verify_signature(signed, method, path + "/z", body, _PUB)
+
+
+_KEY = keys.load_private_key((Path(__file__).parent / "data" / "test_key.pem").read_bytes())

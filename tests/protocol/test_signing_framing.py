@@ -253,3 +253,25 @@ def test_decode_accepts_memoryviews_and_zmq_frames():
     assert _decode([zmq.Frame(frames[0]), zmq.Frame(frames[1])])["type"] == "abort"
     assert _reason([frames[0], 12]) == "bad_json"
     assert _reason([None, frames[1]]) == "bad_header"
+
+
+def test_decode_legacy_v1_rsa_header(test_key, test_pub):
+    sig = signing.rsa_sign(test_key, VECTOR_BODY)
+    frames = [b"Version:1.0;SigningMethod:rsa2048_sha1;SignedChecksum:" + sig.encode(), VECTOR_BODY]
+    assert _decode(frames, key=test_pub, methods=(RSA2048_SHA1,))["sequence"] == 1
+    # an hmac key for an rsa message (or the reverse) is a bad signature, not a crash
+    assert _reason(frames, key=VECTOR_KEY, methods=(RSA2048_SHA1,)) == "bad_signature"
+    hmac_frames = signing.encode_frames(VECTOR_BODY, HMAC_SHA256, VECTOR_KEY)
+    assert _reason(hmac_frames, key=test_pub) == "bad_signature"
+
+
+def test_hmac_verify_lenient_base64_like_reference_client():
+    assert signing.hmac_verify(VECTOR_KEY, VECTOR_BODY, VECTOR_HMAC.rstrip("="))
+    assert signing.hmac_verify(VECTOR_KEY, VECTOR_BODY, VECTOR_HMAC[:20] + "\n" + VECTOR_HMAC[20:])
+
+
+def test_protocol_error_pickles():
+    import pickle
+
+    err = pickle.loads(pickle.dumps(ProtocolError("missing_field", "x", field="job_id", msg_type="run")))
+    assert (err.reason, err.detail, err.field, err.msg_type) == ("missing_field", "x", "job_id", "run")
