@@ -257,6 +257,14 @@ class FakeNode:
                     raise AssertionError(f"{self.name}: no {mtype!r} within {timeout}s (received {got})")
                 self._cond.wait(min(left, 0.1))
 
+    def find(self, mtype: str, after: int = 0) -> Optional[dict]:
+        """The first received command of `mtype` (index >= `after`), or None: never blocks."""
+        with self._cond:
+            for r in self.commands[after:]:
+                if r.type == mtype:
+                    return r.body
+        return None
+
     def count(self, mtype: str) -> int:
         with self._cond:
             return sum(1 for r in self.commands if r.type == mtype)
@@ -411,3 +419,104 @@ class FakeNode:
             fields["stderr"] = err
         self._send_now(status, job_id=jid, **fields)
         self.job_state, self.job_id = "idle", None
+
+
+# --------------------------------------------------------------------------------------
+# A small SSE reader for the job and org feeds (§11)
+
+
+@dataclass
+class SseEvent:
+    event: str
+    id: str
+    data: dict
+
+
+class SseReader:
+    """Reads an SSE response in a background thread: `events`, `comments`, `done`.
+
+    `http` is a SignedClient (tests/helpers/server.py); `path` is relative to
+    the org's pushy/ prefix. The raw text is kept in `raw` for wire-format
+    assertions (blank line after every event, keepalive comments).
+    """
+
+    def __init__(self, http: Any, path: str, *, last_event_id: Optional[str] = None,
+                 accept: str = "text/event-stream", timeout: float = 30.0):
+        self.http = http
+        self.path = path
+        self.headers = {"Accept": accept}
+        if last_event_id is not None:
+            self.headers["Last-Event-ID"] = last_event_id
+        self.timeout = timeout
+        self.status: Optional[int] = None
+        self.response_headers: dict = {}
+        self.raw = ""
+        self.events: list[SseEvent] = []
+        self.comments: list[str] = []
+        self.done = threading.Event()
+        self.error: Optional[BaseException] = None
+        self._resp = None
+        self._thread = threading.Thread(target=self._run, daemon=True, name=f"sse-{path}")
+
+    def start(self) -> "SseReader":
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        if self._resp is not None:
+            try:
+                self._resp.close()
+            except Exception:  # noqa: BLE001
+                pass
+        self._thread.join(2)
+
+    def _run(self) -> None:
+        buf = ""
+        try:
+            r = self.http.get(self.path, headers=self.headers, stream=True, timeout=self.timeout)
+            self._resp = r
+            self.status = r.status_code
+            self.response_headers = dict(r.headers)
+            for chunk in r.iter_content(chunk_size=None):
+                text = chunk.decode("utf-8")
+                self.raw += text
+                buf += text
+                while "\n\n" in buf or buf.startswith(":"):
+                    if buf.startswith(":"):
+                        line, sep, rest = buf.partition("\n")
+                        if not sep:
+                            break
+                        self.comments.append(line)
+                        buf = rest
+                        continue
+                    block, _, buf = buf.partition("\n\n")
+                    self._block(block)
+        except Exception as e:  # noqa: BLE001 - closed by close(), or a test failure to report
+            self.error = e
+        finally:
+            if buf.strip():
+                self._block(buf)  # a final event without its blank line (reference S2)
+            self.done.set()
+
+    def _block(self, block: str) -> None:
+        fields: dict[str, str] = {}
+        for line in block.split("\n"):
+            if line.startswith(":"):
+                self.comments.append(line)
+                continue
+            if ":" in line:
+                k, _, v = line.partition(":")
+                fields[k] = v[1:] if v.startswith(" ") else v
+        if "event" in fields:
+            self.events.append(SseEvent(fields["event"], fields.get("id", ""), json.loads(fields.get("data", "{}"))))
+
+    def names(self) -> list[str]:
+        return [e.event for e in self.events]
+
+    def wait(self, predicate: Callable[["SseReader"], bool], timeout: float = 10.0,
+             sleep: Callable[[float], None] = time.sleep) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate(self):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"SSE {self.path}: timed out; events so far {self.names()}")
+            sleep(0.02)

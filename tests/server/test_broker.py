@@ -77,13 +77,21 @@ class InProcessServer:
 
 
 @pytest.fixture
-def live(tmp_path: Path):
+def live_overrides() -> dict:
+    """Settings on top of the short test intervals; modules override this fixture."""
+    return {}
+
+
+@pytest.fixture
+def live(tmp_path: Path, live_overrides: dict):
     api, hb, cmd = free_ports(3)
-    settings = Settings(
+    values = dict(
         data_dir=str(tmp_path), server_name="127.0.0.1", zeromq_listen_address="tcp://127.0.0.1",
         api_listen_address="127.0.0.1", api_port=api, server_heartbeat_port=hb, command_port=cmd,
         heartbeat_interval=100, rehab_timer=100, voting_timeout=1, wait_complete_time=1,
     )
+    values.update(live_overrides)
+    settings = Settings(**values)
     store.open_database(settings)
     key = generate_rsa_key()
     runtime = Runtime(settings, server_private_key=key)
