@@ -1,0 +1,82 @@
+"""Chef-signed HTTP for the agent: the config handshake GET and the node facts PUT.
+
+The agent signs as its client (the node name) with the client key, exactly
+as the original client does through Chef's HTTP stack (protocol 1.1,
+path without query string). Timeouts are always set: a hung server must not
+hold the reconnect loop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Mapping, Optional
+from urllib.parse import quote, urlsplit
+
+import requests
+
+from pushjobs.protocol.chef_auth import sign_request
+
+log = logging.getLogger(__name__)
+
+
+class HTTPError(Exception):
+    """An HTTP request failed; `status` is the HTTP status or None (network)."""
+
+    def __init__(self, message: str, status: Optional[int] = None):
+        super().__init__(message)
+        self.status = status
+
+
+class ChefHTTP:
+    """A tiny signed client rooted at `chef_server_url` (…/organizations/ORG)."""
+
+    def __init__(self, chef_server_url: str, client_name: str, private_key: Any, *,
+                 verify: Any = True, timeout: float = 5.0,
+                 session: Optional[requests.Session] = None):
+        self.base = chef_server_url.rstrip("/")
+        self.base_path = urlsplit(self.base).path
+        self.client_name = client_name
+        self.private_key = private_key
+        self.timeout = timeout
+        self.session = session or requests.Session()
+        self.session.verify = verify
+        self.session.trust_env = True
+
+    def close(self) -> None:
+        self.session.close()
+
+    def request(self, method: str, rel_path: str, *, params: Optional[Mapping[str, str]] = None,
+                body: bytes = b"") -> requests.Response:
+        path = f"{self.base_path}/{rel_path.lstrip('/')}"
+        headers = dict(sign_request(self.private_key, self.client_name, method, path, body))
+        headers["Accept"] = "application/json"
+        headers["X-Chef-Version"] = "12.0.0"
+        if body:
+            headers["Content-Type"] = "application/json"
+        url = f"{self.base}/{rel_path.lstrip('/')}"
+        if params:
+            # quote(safe='') on every value: a Z85 ccpk contains + / ? & = (§2.1)
+            url += "?" + "&".join(f"{k}={quote(str(v), safe='')}" for k, v in params.items())
+        try:
+            return self.session.request(method, url, data=body or None, headers=headers,
+                                        timeout=self.timeout, allow_redirects=False)
+        except requests.RequestException as exc:
+            raise HTTPError(f"{method} {url}: {exc.__class__.__name__}: {exc}") from None
+
+    def get_json(self, rel_path: str, params: Optional[Mapping[str, str]] = None) -> dict:
+        r = self.request("GET", rel_path, params=params)
+        if r.status_code != 200:
+            raise HTTPError(f"GET {rel_path}: HTTP {r.status_code} {r.text[:200].strip()}",
+                            r.status_code)
+        try:
+            doc = r.json()
+        except ValueError:
+            raise HTTPError(f"GET {rel_path}: response is not JSON", r.status_code) from None
+        if not isinstance(doc, dict):
+            raise HTTPError(f"GET {rel_path}: response is not a JSON object", r.status_code)
+        return doc
+
+    def put_json(self, rel_path: str, obj: Any) -> requests.Response:
+        body = json.dumps(obj, separators=(",", ":")).encode()
+        return self.request("PUT", rel_path, body=body)

@@ -1,0 +1,522 @@
+"""One node's protocol session: config handshake, sockets, heartbeats, reconfigure.
+
+This is the reusable library part of the agent: it knows nothing about
+signals, logging setup, settings files or processes, and keeps no global
+state, so the fleet simulator runs hundreds of `NodeSession`s on one
+`EventLoop`. Everything here runs on the loop thread.
+
+Life of a session (PROTOCOL.md §2, §3, §6, with the fixes C3, C8, C11):
+
+    waiting --(timer)--> fetching --(config ok)--> connected
+       ^                    |                          |
+       +--- backoff --------+ (error)                  |
+       +--------------- full reconfigure --------------+
+
+* fetching: signed `GET …/pushy/config/NODE?ccpk=…&version=2.0` (ccpk
+  URL-escaped with quote(safe='')), session key decrypted with the client
+  key, node facts PUT; in a worker thread, never on the loop.
+* connected: SUB + DEALER (CurveZMQ); a heartbeat at once and then every
+  `interval`; server liveness counters of §6.4; server incarnation tracking.
+* Full reconfigure (close both sockets, fetch again, reconnect) on: lifetime
+  expiry (jittered 0-10 % early); a new server incarnation (after a random
+  delay of up to max(interval, restart_splay)); no valid message on the
+  command port within `command_check_timeout` s of wall-clock time after
+  connecting (C8, encrypted mode only); the server going offline (C11:
+  straight into the reconnect loop instead of waiting for a deadline);
+  `request_reconfigure()` (SIGHUP / SIGUSR1 in the agent).
+* Failed fetches retry forever with jittered exponential backoff
+  (reconnect_min_delay doubling up to reconnect_max_delay, each delay drawn
+  in [d/2, d]) so a fleet does not stampede a restarted server.
+* The job runner is not touched by any of this: a reconfigure never kills a
+  running job; job messages that cannot be sent wait for the next connection.
+* Every incoming message is verified (signature, and timestamp in both
+  directions: |now - ts| < max_message_skew, C3); anything malformed is
+  dropped and logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Protocol
+
+from pushjobs.agent.chef_http import ChefHTTP
+from pushjobs.agent.connection import ConfigError, Connection, ServerConfig, parse_config
+from pushjobs.agent.loop import EventLoop, TimerHandle
+from pushjobs.protocol.errors import ProtocolError
+from pushjobs.protocol.framing import HMAC_SHA256, RSA2048_SHA1, parse_header
+from pushjobs.protocol.keys import curve_keypair
+from pushjobs.protocol.messages import client_message
+from pushjobs.protocol.signing import decode_frames, encode_frames
+from pushjobs.protocol.timestamps import http_date
+
+log = logging.getLogger(__name__)
+
+WAITING = "waiting"
+FETCHING = "fetching"
+CONNECTED = "connected"
+STOPPED = "stopped"
+
+OUTPUT_MARKER = "\n[... pushjobs: output truncated to fit the message size limit ...]\n"
+
+
+@dataclass(frozen=True)
+class NodeIdentity:
+    """Who this session speaks for."""
+
+    node_name: str
+    org: str
+    chef_server_url: str  # …/organizations/ORG
+    private_key: Any  # the client key: signs HTTP, decrypts the session key
+    client_name: str = field(default_factory=lambda: socket.gethostname().split(".")[0])
+
+
+@dataclass
+class SessionOptions:
+    """Protocol knobs of one session (the agent fills them from its settings)."""
+
+    allow_unencrypted: bool = False
+    http_timeout: float = 5.0
+    tls_verify: Any = True
+    reconnect_min_delay: float = 1.0
+    reconnect_max_delay: float = 60.0
+    restart_splay: float = 10.0
+    command_check_timeout: float = 3.0
+    max_body_size: int = 63000  # of what we send
+    max_incoming_body: int = 1 << 20  # a commit may carry a 100 kB file, base64
+    report_facts: bool = True
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> "SessionOptions":
+        return cls(allow_unencrypted=settings.allow_unencrypted,
+                   http_timeout=settings.http_timeout, tls_verify=settings.tls_verify,
+                   reconnect_min_delay=settings.reconnect_min_delay,
+                   reconnect_max_delay=settings.reconnect_max_delay,
+                   restart_splay=settings.restart_splay,
+                   command_check_timeout=settings.command_check_timeout,
+                   max_body_size=settings.max_body_size, report_facts=settings.report_facts)
+
+
+class JobHandler(Protocol):
+    """What a session delegates job messages to (the agent's runner, or a simulator's)."""
+
+    def attach(self, session: "NodeSession") -> None:
+        """Called once; the handler replies through `session.send(type, fields)`."""
+
+    def heartbeat_fields(self) -> dict[str, Any]:
+        """`job_state` and `job_id` for the next heartbeat."""
+
+    def handle(self, msg_type: str, body: dict[str, Any], now: float) -> None:
+        """A verified `commit`, `run` or `abort` body."""
+
+
+def backoff_delay(attempt: int, low: float, high: float, rng: random.Random) -> float:
+    """Jittered exponential backoff: d = min(high, low * 2**(attempt-1)), drawn in [d/2, d]."""
+    d = min(high, low * (2 ** max(0, attempt - 1)))
+    return d / 2 + rng.random() * d / 2
+
+
+def fit_output(build: Callable[[Optional[str], Optional[str]], bytes], stdout: Optional[str],
+               stderr: Optional[str], limit: int) -> bytes:
+    """The completion body with stdout/stderr cut until it fits `limit` (C7: never drop it).
+
+    The longer stream is shortened first, keeping its head and its tail with
+    a marker in between; JSON escaping can expand text, hence the loop.
+    """
+    body = build(stdout, stderr)
+    for _ in range(40):
+        if len(body) <= limit:
+            return body
+        excess = len(body) - limit + len(OUTPUT_MARKER) * 2 + 16
+        out, err = stdout or "", stderr or ""
+        if not out and not err:
+            break
+        if len(out) >= len(err):
+            stdout = _cut(out, excess)
+        else:
+            stderr = _cut(err, excess)
+        body = build(stdout, stderr)
+    if len(body) > limit:  # pathological: keep the result, drop the output
+        body = build("" if stdout is not None else None, OUTPUT_MARKER if stderr is not None else None)
+    return body
+
+
+def _cut(text: str, excess: int) -> str:
+    if OUTPUT_MARKER in text:
+        head, tail = text.split(OUTPUT_MARKER, 1)
+    else:
+        head, tail = text[: len(text) // 2], text[len(text) // 2:]
+    # remove from the middle: trim the end of head and the start of tail
+    keep = max(0, len(head) + len(tail) - max(excess, (len(head) + len(tail)) // 8 + 1))
+    head_keep = keep // 2
+    tail_keep = keep - head_keep
+    return head[:head_keep] + OUTPUT_MARKER + (tail[len(tail) - tail_keep:] if tail_keep else "")
+
+
+class NodeSession:
+    """The protocol conversation of one node with the push-jobs server."""
+
+    def __init__(self, loop: EventLoop, identity: NodeIdentity, handler: JobHandler,
+                 options: Optional[SessionOptions] = None, *,
+                 facts: Optional[Callable[[], dict]] = None,
+                 rng: Optional[random.Random] = None,
+                 wall_clock: Callable[[], float] = time.time):
+        self.loop = loop
+        self.identity = identity
+        self.handler = handler
+        self.options = options or SessionOptions()
+        self.facts = facts
+        self.rng = rng or random.Random()
+        self.wall_clock = wall_clock
+        self.node = identity.node_name
+        self.incarnation_id = str(uuid.uuid4())  # once per session (§6.5)
+        self.curve_keys = curve_keypair()  # once per session (§2.5)
+        self.phase = WAITING
+        self.config: Optional[ServerConfig] = None
+        self.server_incarnation: Optional[str] = None
+        self.online = True
+        self.stats: dict[str, int] = {
+            "config_fetches": 0, "config_failures": 0, "connects": 0, "heartbeats_sent": 0,
+            "server_heartbeats": 0, "messages_received": 0, "dropped": 0, "reconfigures": 0,
+            "send_failures": 0,
+        }
+        self._conn: Optional[Connection] = None
+        self._timers: dict[str, TimerHandle] = {}
+        self._attempt = 0
+        self._generation = 0
+        self._sequence = 0
+        self._offline_counter = 0
+        self._online_counter = 0
+        self._got_command_message = False
+        self._pending: list[tuple[str, dict[str, Any]]] = []
+        self._send_failures = 0
+        self._http: Optional[ChefHTTP] = None
+        self.log = logging.LoggerAdapter(log, {"node": self.node})
+        handler.attach(self)
+
+    # --- public API (loop thread) -------------------------------------------------
+    def start(self, delay: float = 0.0) -> None:
+        self._schedule("fetch", delay, self._begin_fetch)
+
+    def stop(self) -> None:
+        """Close the sockets and forget all timers; the handler is left alone."""
+        self.phase = STOPPED
+        self._generation += 1
+        self._disconnect()
+        for t in self._timers.values():
+            t.cancel()
+        self._timers.clear()
+        if self._http is not None:
+            self._http.close()
+            self._http = None
+
+    @property
+    def connected(self) -> bool:
+        return self.phase == CONNECTED
+
+    @property
+    def command_channel_ok(self) -> bool:
+        """True once a valid message arrived on the command port since connecting."""
+        return self.connected and self._got_command_message
+
+    def request_reconfigure(self, reason: str = "requested") -> None:
+        """Full reconfigure now (SIGHUP/SIGUSR1); no-op while a fetch is in flight."""
+        if self.phase in (FETCHING, STOPPED):
+            return
+        self.log.info("[%s] full reconfigure: %s", self.node, reason)
+        self._reconnect(reason, delay=0.0)
+
+    def send(self, msg_type: str, fields: dict[str, Any]) -> bool:
+        """Sign and send a client message; job messages wait when we are not connected."""
+        if self._conn is None or self.phase != CONNECTED or self.config is None:
+            if msg_type != "heartbeat":
+                self._pending.append((msg_type, dict(fields)))
+                self.log.info("[%s] not connected: %s for job %s will be sent after reconnecting",
+                              self.node, msg_type, fields.get("job_id"))
+            return False
+        try:
+            frames = self._encode(msg_type, fields)
+        except ProtocolError as exc:
+            self.log.error("[%s] cannot build %s message: %s", self.node, msg_type, exc)
+            return False
+        if self._conn.send(frames):
+            self._send_failures = 0
+            if msg_type == "heartbeat":
+                self.stats["heartbeats_sent"] += 1
+            else:
+                self.log.info("[%s] sent %s for job %s", self.node, msg_type, fields.get("job_id"))
+            return True
+        self.stats["send_failures"] += 1
+        self._send_failures += 1
+        if msg_type != "heartbeat":
+            self._pending.append((msg_type, dict(fields)))
+        self.log.warning("[%s] send queue full, %s not sent (%d in a row)", self.node, msg_type,
+                         self._send_failures)
+        if self._send_failures >= 3:
+            self._reconnect("the command socket does not take messages", backoff=True)
+        return False
+
+    # --- internals: timers ---------------------------------------------------------
+    def _schedule(self, name: str, delay: float, fn: Callable[[], None]) -> None:
+        old = self._timers.pop(name, None)
+        if old is not None:
+            old.cancel()
+        self._timers[name] = self.loop.call_later(delay, fn)
+
+    def _cancel(self, *names: str) -> None:
+        for name in names:
+            t = self._timers.pop(name, None)
+            if t is not None:
+                t.cancel()
+
+    # --- config handshake ------------------------------------------------------------
+    def _begin_fetch(self) -> None:
+        if self.phase == STOPPED:
+            return
+        self.phase = FETCHING
+        self.stats["config_fetches"] += 1
+        generation = self._generation
+        self.loop.run_in_executor(self._fetch, lambda result, exc: self._fetched(generation, result, exc))
+
+    def _fetch(self) -> ServerConfig:
+        """Worker thread: the signed config GET (+ the node facts PUT)."""
+        ident, opts = self.identity, self.options
+        if self._http is None:
+            self._http = ChefHTTP(ident.chef_server_url, ident.node_name, ident.private_key,
+                                  verify=opts.tls_verify, timeout=opts.http_timeout)
+        self.log.info("[%s] retrieving configuration from %s/pushy/config/%s", self.node,
+                      ident.chef_server_url.rstrip("/"), ident.node_name)
+        doc = self._http.get_json(f"pushy/config/{ident.node_name}",
+                                  {"ccpk": self.curve_keys[0], "version": "2.0"})
+        config = parse_config(doc, ident.private_key)
+        if opts.report_facts and self.facts is not None:
+            from pushjobs.agent.facts import report_facts
+
+            try:
+                report_facts(self._http, ident.node_name, self.facts())
+            except Exception:  # facts are best effort; never block the handshake
+                self.log.exception("[%s] building node facts failed", self.node)
+        return config
+
+    def _fetched(self, generation: int, config: Optional[ServerConfig], exc: Optional[BaseException]) -> None:
+        if generation != self._generation or self.phase == STOPPED:
+            return
+        if exc is None and config is not None and not config.encrypted and not self.options.allow_unencrypted:
+            exc = ConfigError("the server sent no curve_public_key (a 1.x server, or encryption "
+                              "disabled); set allow_unencrypted to connect without encryption")
+        if exc is not None or config is None:
+            self.stats["config_failures"] += 1
+            self._attempt += 1
+            delay = backoff_delay(self._attempt, self.options.reconnect_min_delay,
+                                  self.options.reconnect_max_delay, self.rng)
+            level = logging.WARNING if self._attempt <= 3 or self._attempt % 10 == 0 else logging.DEBUG
+            self.log.log(level, "[%s] could not get the push jobs config (attempt %d): %s; "
+                         "retrying in %.1fs", self.node, self._attempt, exc, delay)
+            self.phase = WAITING
+            self._schedule("fetch", delay, self._begin_fetch)
+            return
+        self._connect(config)
+
+    # --- connection -------------------------------------------------------------------
+    def _connect(self, config: ServerConfig) -> None:
+        self._disconnect()
+        self.config = config
+        self._conn = Connection(self.loop.context, config,
+                                self.curve_keys if config.encrypted else None)
+        self.loop.add_reader(self._conn.sub, self._on_sub)
+        self.loop.add_reader(self._conn.dealer, self._on_dealer)
+        self.phase = CONNECTED
+        self.stats["connects"] += 1
+        self._attempt = 0
+        self.server_incarnation = config.incarnation_id
+        self.online = True
+        self._offline_counter = self._online_counter = 0
+        self._sequence = 0
+        self._send_failures = 0
+        self._got_command_message = False
+        self.log.info("[%s] connected: heartbeat %s, command %s (%s), interval %gs, server "
+                      "incarnation %s", self.node, config.out_addr, config.command_addr,
+                      "CurveZMQ" if config.encrypted else "UNENCRYPTED legacy mode",
+                      config.interval, config.incarnation_id)
+        if config.encrypted:
+            self._schedule("command_check", self.options.command_check_timeout, self._command_check)
+        lifetime = config.lifetime * (1 - self.rng.random() * 0.10)
+        self._schedule("lifetime", lifetime,
+                       lambda: self._reconnect(f"config lifetime ({config.lifetime:g}s) expired", delay=0.0))
+        self._heartbeat_tick()
+        pending, self._pending = self._pending, []
+        for msg_type, fields in pending:
+            self.send(msg_type, fields)
+
+    def _disconnect(self) -> None:
+        self._cancel("heartbeat", "command_check", "lifetime", "reconfigure")
+        if self._conn is not None:
+            self.loop.remove_reader(self._conn.sub)
+            self.loop.remove_reader(self._conn.dealer)
+            self._conn.close()
+            self._conn = None
+
+    def _reconnect(self, reason: str, *, delay: Optional[float] = None, backoff: bool = False) -> None:
+        """Full reconfigure: drop the sockets, fetch the config again, reconnect."""
+        if self.phase == STOPPED:
+            return
+        self.stats["reconfigures"] += 1
+        self._disconnect()
+        self._generation += 1  # a fetch in flight is now stale
+        if backoff:
+            self._attempt += 1
+            delay = backoff_delay(self._attempt, self.options.reconnect_min_delay,
+                                  self.options.reconnect_max_delay, self.rng)
+        delay = 0.0 if delay is None else delay
+        self.log.info("[%s] reconnecting in %.1fs: %s", self.node, delay, reason)
+        self.phase = WAITING
+        self._schedule("fetch", delay, self._begin_fetch)
+
+    # --- heartbeats and server liveness (§6.2, §6.4) -------------------------------------
+    def _heartbeat_tick(self) -> None:
+        config = self.config
+        if self.phase != CONNECTED or config is None:
+            return
+        if self.online:
+            if self._offline_counter > config.offline_threshold:
+                self.online = False
+                self._online_counter = 0
+                self.log.warning("[%s] no heartbeat from the server for %d intervals: server "
+                                 "offline", self.node, self._offline_counter)
+                self._reconnect("server offline", backoff=True)  # C11
+                return
+            self._offline_counter += 1
+        if self.online:
+            fields = dict(self.handler.heartbeat_fields())
+            fields.setdefault("job_state", "idle")
+            fields.setdefault("job_id", None)
+            self.send("heartbeat", fields)
+        self._schedule("heartbeat", config.interval, self._heartbeat_tick)
+
+    def _server_heartbeat(self, body: dict[str, Any]) -> None:
+        config = self.config
+        assert config is not None
+        self.stats["server_heartbeats"] += 1
+        inc = body.get("incarnation_id")
+        if not isinstance(inc, str) or not isinstance(body.get("sequence"), int):
+            self.log.warning("[%s] server heartbeat without incarnation_id or sequence", self.node)
+        elif inc != self.server_incarnation:
+            if self.server_incarnation is None:
+                self.server_incarnation = inc
+            else:
+                old, self.server_incarnation = self.server_incarnation, inc
+                delay = self.rng.random() * max(config.interval, self.options.restart_splay)
+                self.log.info("[%s] server restarted (incarnation %s -> %s); reconfiguring in "
+                              "%.1fs", self.node, old, inc, delay)
+                self._schedule("reconfigure", delay,
+                               lambda: self._reconnect("server incarnation changed", delay=0.0))
+        self._offline_counter = 0
+        if not self.online and self._online_counter > config.online_threshold:
+            self.online = True
+            self.log.info("[%s] server online again", self.node)
+        else:
+            self._online_counter += 1
+
+    def _command_check(self) -> None:
+        if self.phase == CONNECTED and not self._got_command_message:
+            self.log.warning("[%s] no messages received on the command port within %gs. Possible "
+                             "encryption problem?", self.node, self.options.command_check_timeout)
+            self._reconnect("no message on the command port", backoff=True)
+
+    # --- receiving ----------------------------------------------------------------
+    def _decode(self, frames: list[bytes], channel: str) -> Optional[dict[str, Any]]:
+        config = self.config
+        assert config is not None
+        keys = {RSA2048_SHA1: config.public_key, HMAC_SHA256: config.session_key}
+        try:
+            if len(frames) != 2:
+                raise ProtocolError("frame_count", f"{len(frames)} frames, expected 2")
+            method = parse_header(frames[0]).method
+            body = decode_frames(frames, lambda _body: keys.get(method),
+                                 max_body_size=self.options.max_incoming_body,
+                                 max_skew=config.max_message_skew, now=self.wall_clock(),
+                                 methods=(HMAC_SHA256, RSA2048_SHA1))
+        except ProtocolError as exc:
+            self.stats["dropped"] += 1
+            self.log.warning("[%s] dropped a message on the %s socket: %s", self.node, channel, exc)
+            return None
+        if not isinstance(body.get("type"), str):
+            self.stats["dropped"] += 1
+            self.log.warning("[%s] dropped a message without type on the %s socket", self.node, channel)
+            return None
+        return body
+
+    def _on_sub(self) -> None:
+        conn = self._conn
+        if conn is None:
+            return
+        for frames in conn.drain(conn.sub):
+            if self._conn is not conn:
+                return
+            body = self._decode(frames, "heartbeat")
+            if body is None:
+                continue
+            if body["type"] == "heartbeat":
+                self._server_heartbeat(body)
+            else:
+                self.log.warning("[%s] ignoring %r on the heartbeat socket", self.node, body["type"])
+
+    def _on_dealer(self) -> None:
+        conn = self._conn
+        if conn is None:
+            return
+        for frames in conn.drain(conn.dealer):
+            if self._conn is not conn:
+                return  # a handler reconnected us; the rest belongs to the old socket
+            body = self._decode(frames, "command")
+            if body is None:
+                continue
+            self.stats["messages_received"] += 1
+            if not self._got_command_message:
+                self._got_command_message = True
+                self._cancel("command_check")
+            msg_type = body["type"]
+            if msg_type == "heartbeat":
+                self._server_heartbeat(body)
+            elif msg_type == "ack":
+                self.log.debug("[%s] ack: command channel is up", self.node)
+            elif msg_type in ("commit", "run", "abort"):
+                self.log.info("[%s] received %s%s", self.node, msg_type,
+                              f" for job {body.get('job_id')}" if body.get("job_id") else "")
+                self.handler.handle(msg_type, body, self.loop.clock())
+            else:
+                self.stats["dropped"] += 1
+                self.log.warning("[%s] ignoring unknown message type %r", self.node, msg_type[:40])
+
+    # --- encoding --------------------------------------------------------------------
+    def _encode(self, msg_type: str, fields: dict[str, Any]) -> list[bytes]:
+        config = self.config
+        assert config is not None
+        self._sequence += 1
+        common = {
+            "node": self.node, "client": self.identity.client_name, "org": self.identity.org,
+            "sequence": self._sequence, "timestamp": http_date(self.wall_clock()),
+            "incarnation_id": self.incarnation_id,
+        }
+        if msg_type in ("succeeded", "failed") and ("stdout" in fields or "stderr" in fields):
+            rest = {k: v for k, v in fields.items() if k not in ("stdout", "stderr")}
+
+            def build(out: Optional[str], err: Optional[str]) -> bytes:
+                extra = {}
+                if out is not None:
+                    extra["stdout"] = out
+                if err is not None:
+                    extra["stderr"] = err
+                return client_message(msg_type, **common, **rest, **extra).to_body()
+
+            body = fit_output(build, fields.get("stdout"), fields.get("stderr"),
+                              self.options.max_body_size)
+        else:
+            body = client_message(msg_type, **common, **fields).to_body()
+        if config.session_key is not None:
+            return encode_frames(body, HMAC_SHA256, config.session_key)
+        return encode_frames(body, RSA2048_SHA1, self.identity.private_key)  # 1.x legacy
