@@ -9,8 +9,11 @@ Fixtures (this module is a pytest plugin, registered by the root conftest):
 * `db_backend` (function, parametrized "sqlite"/"postgresql"): a `DbBackend`
   with `name` and `url` (a SQLite file in the test's tmp dir, or a fresh
   PostgreSQL database); the postgresql case carries the `postgres` mark.
-* `store_db` (function): `(settings, database)` with `pushjobs.server.store`
-  opened on `db_backend` and closed afterwards.
+* `store_db` (function, parametrized like `db_backend`): `(settings, database)`
+  with `pushjobs.server.store` opened on an empty database and closed
+  afterwards (PostgreSQL: a shared database, emptied before each test).
+* `fresh_store_db` (function): the same on a database of its own, for tests
+  that change the schema.
 
 The cluster is `initdb` + `pg_ctl` into a temp dir, listening on 127.0.0.1 on a
 free port (and a unix socket in the temp dir), trust auth, fsync off. initdb
@@ -221,14 +224,48 @@ def db_backend(request, tmp_path) -> DbBackend:
     return DbBackend("postgresql", cluster.create_database())
 
 
-@pytest.fixture
-def store_db(db_backend: DbBackend, tmp_path):
-    """The store opened (schema created) on `db_backend`; yields (settings, database)."""
+def _open_store(url: str, tmp_path):
     from pushjobs.server import store
     from pushjobs.server.settings import Settings
 
-    settings = Settings(data_dir=str(tmp_path), database_url=db_backend.url, server_name="127.0.0.1")
-    database = store.open_database(settings)
+    settings = Settings(data_dir=str(tmp_path), database_url=url, server_name="127.0.0.1")
+    return settings, store.open_database(settings)
+
+
+@pytest.fixture(scope="session")
+def _shared_store_postgres_url(postgres_cluster: PostgresCluster) -> str:
+    return postgres_cluster.create_database()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def store_db(request, tmp_path):
+    """The store opened on an empty database; yields (settings, database).
+
+    SQLite: a new file in tmp_path. PostgreSQL: one database for the session
+    whose tables are emptied before each test (creating a database costs most
+    of a second). Tests that change the schema itself use `fresh_store_db`."""
+    from pushjobs.server import store
+
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path}/push-jobs-server.sqlite3"
+    else:
+        url = request.getfixturevalue("_shared_store_postgres_url")
+    settings, database = _open_store(url, tmp_path)
+    try:
+        if request.param == "postgresql":
+            tables = ", ".join(f'"{m._meta.table_name}"' for m in store.MODELS if m is not store.SchemaVersion)
+            database.execute_sql(f"TRUNCATE {tables} RESTART IDENTITY CASCADE")
+        yield settings, database
+    finally:
+        store.close_database()
+
+
+@pytest.fixture
+def fresh_store_db(db_backend: DbBackend, tmp_path):
+    """Like `store_db`, on a database of its own (PostgreSQL: a new one); for schema changes."""
+    from pushjobs.server import store
+
+    settings, database = _open_store(db_backend.url, tmp_path)
     try:
         yield settings, database
     finally:

@@ -50,8 +50,8 @@ def test_redact_url_hides_password():
     assert store.redact_url("postgresql://u@h/db") == "postgresql://u@h/db"
 
 
-def test_open_twice_keeps_one_version_row(store_db):
-    settings, _ = store_db
+def test_open_twice_keeps_one_version_row(fresh_store_db):
+    settings, _ = fresh_store_db
     store.close_database()
     store.open_database(settings)
     assert store.SchemaVersion.select().count() == 1
@@ -84,7 +84,7 @@ def test_unique_constraints_hold(store_db):
             store.Client.create(org=org, name="n1", public_key="k")
 
 
-def test_migration_from_an_older_version_stamp(store_db):
+def test_migration_from_an_older_version_stamp(fresh_store_db):
     """A database stamped at version N is brought to N+1 by MIGRATIONS[N+1], in place."""
     database = store.db.obj
     v = store.SCHEMA_VERSION
@@ -103,7 +103,7 @@ def test_migration_from_an_older_version_stamp(store_db):
     assert store.migrate_schema(database, target=v + 1, migrations={}) == v + 1
 
 
-def test_interrupted_migration_resumes(store_db):
+def test_interrupted_migration_resumes(fresh_store_db):
     database = store.db.obj
     v = store.SCHEMA_VERSION
     ran = []
@@ -122,14 +122,14 @@ def test_interrupted_migration_resumes(store_db):
     assert store.current_schema_version(database) == v + 2
 
 
-def test_newer_database_is_refused(store_db):
+def test_newer_database_is_refused(fresh_store_db):
     database = store.db.obj
     store.SchemaVersion.create(version=store.SCHEMA_VERSION + 5)
     with pytest.raises(store.StoreError, match="newer"):
         store.migrate_schema(database)
 
 
-def test_missing_migration_is_refused(store_db):
+def test_missing_migration_is_refused(fresh_store_db):
     with pytest.raises(store.StoreError, match="no migration"):
         store.migrate_schema(store.db.obj, target=store.SCHEMA_VERSION + 1, migrations={})
 
