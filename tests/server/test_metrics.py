@@ -1,0 +1,113 @@
+"""GET /pushy/_metrics against a real push-jobs-server subprocess and a protocol-level node.
+
+Scrapes the Prometheus text, parses it with prometheus-client's own parser,
+and checks that the families are there and that their values move when a
+node connects, sends a forged message and runs a job.
+"""
+
+from __future__ import annotations
+
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.helpers.fakenode import FakeNode
+from tests.helpers.server import wait_for
+
+pytestmark = pytest.mark.e2e
+
+FAMILIES = {
+    "pushjobs_nodes_online", "pushjobs_nodes_available", "pushjobs_node_fsm_states",
+    "pushjobs_command_messages_received", "pushjobs_messages_dropped", "pushjobs_server_heartbeats_sent",
+    "pushjobs_zap_denied", "pushjobs_jobs_live", "pushjobs_db_write_queue", "pushjobs_jobs",
+    "pushjobs_job_duration_seconds", "process_cpu_seconds", "process_resident_memory_bytes",
+}
+
+
+def scrape(server) -> dict[str, dict[tuple, float]]:
+    """{family: {(sample name, sorted labels): value}} of one scrape (asserts 200 + content type)."""
+    r = requests.get(server.base_url + "/pushy/_metrics", timeout=5)
+    assert r.status_code == 200, r.text
+    assert r.headers["Content-Type"].startswith("text/plain")
+    out: dict[str, dict[tuple, float]] = {}
+    for fam in text_string_to_metric_families(r.text):
+        samples = out.setdefault(fam.name, {})
+        for s in fam.samples:
+            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def value(m: dict, family: str, sample: str | None = None, **labels: str) -> float:
+    return m[family].get((sample or family, tuple(sorted(labels.items()))), 0.0)
+
+
+@pytest.fixture(scope="module")
+def srv(module_server_factory):
+    s = module_server_factory(heartbeat_interval=150, settings={"log_level": "info"})
+    s.create_org("acme")
+    return s
+
+
+def test_metrics_is_unauthenticated_prometheus_text_with_every_family(srv):
+    m = scrape(srv)
+    missing = FAMILIES - set(m)
+    assert not missing, f"families missing: {sorted(missing)}"
+    assert value(m, "pushjobs_nodes_online") == 0
+    for status in ("new", "voting", "running", "complete", "quorum_failed", "crashed"):
+        assert ("pushjobs_jobs", (("status", status),)) in m["pushjobs_jobs"]
+    assert value(m, "process_resident_memory_bytes") > 10 * 1024 * 1024
+    # the server heartbeat counter advances by itself (150 ms heartbeat)
+    first = value(m, "pushjobs_server_heartbeats_sent", "pushjobs_server_heartbeats_sent_total")
+    wait_for(lambda: value(scrape(srv), "pushjobs_server_heartbeats_sent",
+                           "pushjobs_server_heartbeats_sent_total") > first, timeout=5,
+             message="server heartbeat counter to advance")
+
+
+def test_metrics_rejects_other_methods(srv):
+    r = requests.post(srv.base_url + "/pushy/_metrics", timeout=5)
+    assert r.status_code == 405
+
+
+def test_values_move_with_a_node_a_forged_message_and_a_job(srv):
+    alice = srv.create_user("alice", org="acme", admin=True)
+    http = srv.client(alice)
+    node = FakeNode(srv, srv.create_client("m1", org="acme"))
+    before = scrape(srv)
+    node.start()
+    try:
+        node.wait_idle_on_server(http)
+        m = scrape(srv)
+        assert value(m, "pushjobs_nodes_online") == 1
+        assert value(m, "pushjobs_nodes_available") == 1
+        assert value(m, "pushjobs_node_fsm_states", state="idle") == 1
+        received = "pushjobs_command_messages_received_total"
+        assert value(m, "pushjobs_command_messages_received", received) > \
+            value(before, "pushjobs_command_messages_received", received)
+
+        # a heartbeat signed with the wrong key: dropped and counted as bad_signature
+        dropped = "pushjobs_messages_dropped_total"
+        bad_before = value(m, "pushjobs_messages_dropped", dropped, reason="bad_signature")
+        node.call(lambda n: n.send_frames(n.sign(n.body("heartbeat", job_state="idle"), key=b"\x00" * 32)))
+        wait_for(lambda: value(scrape(srv), "pushjobs_messages_dropped", dropped,
+                               reason="bad_signature") == bad_before + 1,
+                 timeout=5, message="bad_signature drop to be counted")
+
+        # a job: jobs{status=complete} and the duration histogram move
+        job_id = http.create_job("chef-client", ["m1"])
+        assert http.wait_job(job_id)["status"] == "complete"
+        m = wait_for(lambda: (lambda s: s if value(s, "pushjobs_jobs", status="complete") >= 1 else None)(scrape(srv)),
+                     timeout=5, message="jobs{status=complete}")
+        assert value(m, "pushjobs_job_duration_seconds", "pushjobs_job_duration_seconds_count",
+                     status="complete") >= 1
+        total = value(m, "pushjobs_job_duration_seconds", "pushjobs_job_duration_seconds_sum", status="complete")
+        assert 0 <= total < 30
+        # observed once: a second scrape does not count the same job again
+        m2 = scrape(srv)
+        assert value(m2, "pushjobs_job_duration_seconds", "pushjobs_job_duration_seconds_count",
+                     status="complete") == value(m, "pushjobs_job_duration_seconds",
+                                                 "pushjobs_job_duration_seconds_count", status="complete")
+    finally:
+        node.stop()
+    # the node goes silent: the liveness scanner takes it offline and the gauge follows
+    wait_for(lambda: value(scrape(srv), "pushjobs_nodes_online") == 0, timeout=10,
+             message="nodes_online back to 0 after the node stopped")
