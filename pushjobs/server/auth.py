@@ -11,8 +11,9 @@ Rules of this file:
   that pipeline for a view; views never check signatures themselves.
 * The cryptography is the protocol library's (`pushjobs.protocol.chef_auth`):
   this module only decides *whose* key and *which* answer.
-* Identities come from the store (orgs, users through OrgUser, clients of the
-  org, groups with nested groups).
+* Identities come from `pushjobs.server.identity` (orgs, principals: a client
+  of the org wins over a user of the same name; users are members through
+  OrgUser; groups with nested groups, cycle-safe).
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ class Requestor:
     org_id: int
     org_guid: str
     public_key: Any = field(repr=False, compare=False)  # cryptography RSAPublicKey
-    principal_id: int = 0
+    org: Any = field(default=None, repr=False, compare=False)  # the store's Org row
 
 
 def _header(headers: Mapping[str, str], name: str) -> Optional[str]:
@@ -144,7 +145,7 @@ def too_large() -> AuthError:
 
 
 # --------------------------------------------------------------------------------------
-# identities (store)
+# identities (pushjobs.server.identity)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -156,80 +157,27 @@ def _load_public_key(pem: str) -> Any:
 
 def lookup_org(org_name: str):
     """The Org row, or AuthError 404 in the original's words."""
-    from pushjobs.server.store import Org
+    from pushjobs.server import identity
 
-    org = Org.get_or_none(Org.name == org_name)
+    org = identity.find_org(org_name)
     if org is None:
         raise error_list(404, f"organization '{org_name}' does not exist.")
     return org
-
-
-@dataclass(frozen=True)
-class Principal:
-    name: str
-    kind: str
-    public_key_pem: str
-    org_member: bool
-    principal_id: int
-
-
-def lookup_principal(org, name: str) -> Optional[Principal]:
-    """The org's client of that name, else the (global) user of that name; None if neither.
-
-    A user outside the org is returned with `org_member=False` so that a good
-    signature from a stranger gets 403, not 401 (as the original)."""
-    from pushjobs.server.store import Client, OrgUser, User
-
-    client = Client.get_or_none((Client.org == org) & (Client.name == name))
-    if client is not None:
-        return Principal(name, "client", client.public_key, True, client.id)
-    user = User.get_or_none(User.name == name)
-    if user is not None:
-        member = OrgUser.select().where((OrgUser.org == org) & (OrgUser.user == user)).exists()
-        return Principal(name, "user", user.public_key, member, user.id)
-    return None
-
-
-def group_exists(org_id: int, group: str) -> bool:
-    from pushjobs.server.store import Group
-
-    return Group.select().where((Group.org == org_id) & (Group.name == group)).exists()
-
-
-def is_member(org_id: int, group: str, kind: str, name: str) -> bool:
-    """Nested membership: direct, or through member groups (cycles are harmless)."""
-    from pushjobs.server.store import Group, GroupMember
-
-    seen: set[str] = set()
-    todo = [group]
-    while todo:
-        gname = todo.pop()
-        if gname in seen:
-            continue
-        seen.add(gname)
-        g = Group.get_or_none((Group.org == org_id) & (Group.name == gname))
-        if g is None:
-            continue
-        for m in GroupMember.select().where(GroupMember.group == g):
-            if m.kind == kind and m.name == name:
-                return True
-            if m.kind == "group":
-                todo.append(m.name)
-    return False
 
 
 def authenticate(org_name: str, info: HeaderInfo, headers: Mapping[str, str], method: str,
                  path: str, body: bytes) -> Requestor:
     """404 unknown org → 401 unknown principal → 401 bad signature → 403 not a member."""
     from pushjobs.protocol import chef_auth
+    from pushjobs.server import identity
 
     org = lookup_org(org_name)
-    principal = lookup_principal(org, info.user_id)
+    principal = identity.lookup_principal(org, info.user_id)
     if principal is None:
         raise unauthorized(
             f"Failed to authenticate as '{info.user_id}'. Ensure that your node_name and client key are correct.")
     try:
-        public_key = _load_public_key(principal.public_key_pem)
+        public_key = _load_public_key(principal.public_key)
         signed = chef_auth.parse_auth_headers(headers)
         ok = chef_auth.verify_signature(signed, method, path, body, public_key)
     except Exception as exc:  # noqa: BLE001 - any parse/crypto failure is a bad signature
@@ -240,7 +188,7 @@ def authenticate(org_name: str, info: HeaderInfo, headers: Mapping[str, str], me
     if not principal.org_member:
         raise error_list(403, f"'{info.user_id}' is not associated with organization '{org_name}'")
     return Requestor(name=principal.name, kind=principal.kind, org_name=org.name, org_id=org.id,
-                     org_guid=org.guid, public_key=public_key, principal_id=principal.principal_id)
+                     org_guid=org.guid, public_key=public_key, org=org)
 
 
 # --------------------------------------------------------------------------------------
@@ -251,18 +199,27 @@ def forbidden(requestor: Requestor) -> AuthError:
     return error_list(403, f"User or client '{requestor.name}' does not have access to that action on this server.")
 
 
+def _org_of(requestor: Requestor) -> Any:
+    return requestor.org if requestor.org is not None else requestor.org_name
+
+
 def can_read(requestor: Requestor) -> bool:
-    if group_exists(requestor.org_id, READERS_GROUP):
-        return is_member(requestor.org_id, READERS_GROUP, requestor.kind, requestor.name)
+    from pushjobs.server import identity
+
+    org = _org_of(requestor)
+    if identity.group_exists(org, READERS_GROUP):
+        return identity.is_member(org, READERS_GROUP, requestor.kind, requestor.name)
     return True  # any authenticated org member
 
 
 def can_write(requestor: Requestor) -> bool:
-    if group_exists(requestor.org_id, WRITERS_GROUP):
-        return is_member(requestor.org_id, WRITERS_GROUP, requestor.kind, requestor.name)
-    if group_exists(requestor.org_id, ADMINS_GROUP):
-        return is_member(requestor.org_id, ADMINS_GROUP, requestor.kind, requestor.name)
-    return False
+    from pushjobs.server import identity
+
+    org = _org_of(requestor)
+    for group in (WRITERS_GROUP, ADMINS_GROUP):
+        if identity.group_exists(org, group):
+            return identity.is_member(org, group, requestor.kind, requestor.name)
+    return False  # neither group: nobody writes
 
 
 def authorize(requestor: Requestor, action: str, *, node: Optional[str] = None,
