@@ -93,13 +93,15 @@ class ApiClient:
         self._key = _load_key(config.key)
         self.session = requests.Session()
         self.session.headers["User-Agent"] = USER_AGENT
+        # passed on each request: requests lets REQUESTS_CA_BUNDLE override `session.verify`
+        self.verify: bool | str = True
         if config.insecure:
-            self.session.verify = False
+            self.verify = False
             import urllib3
 
             urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
         elif config.ca_file:
-            self.session.verify = config.ca_file
+            self.verify = config.ca_file
 
     def path(self, rel: str) -> str:
         """`pushy/jobs` -> `/organizations/ORG/pushy/jobs` (the server URL's path prefix kept)."""
@@ -133,7 +135,7 @@ class ApiClient:
         log.debug("%s %s", method, url)
         try:
             resp = self.session.request(
-                method, url, data=body or None, params=params, headers=hdrs, stream=stream,
+                method, url, data=body or None, params=params, headers=hdrs, stream=stream, verify=self.verify,
                 timeout=timeout if timeout is not None else self.timeout,
             )
         except requests.exceptions.SSLError as e:

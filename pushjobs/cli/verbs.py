@@ -139,7 +139,8 @@ def job_output(api: ApiClient, args: argparse.Namespace, out: Output) -> int:
 def job_abort(api: ApiClient, args: argparse.Namespace, out: Output) -> int:
     _get_job(api, args.job_id)  # a clear "unknown job" first
     try:
-        api.request("POST", f"pushy/jobs/{quote_segment(args.job_id)}/abort", json_body={})
+        api.request("POST", f"pushy/jobs/{quote_segment(args.job_id)}/abort", json_body={},
+                    ok=(200, 201, 202, 204))
     except CliError as e:
         if e.status == 409:
             raise CliError(f"job {args.job_id} cannot be aborted: it has already finished", EXIT_SERVER_ERROR, 409) from None
@@ -289,6 +290,7 @@ def job_start(api: ApiClient, args: argparse.Namespace, out: Output, req: Option
 def job_watch(api: ApiClient, args: argparse.Namespace, out: Output) -> int:
     job = _get_job(api, args.job_id)
     if job.get("status") in TERMINAL_JOB:
+        out.line(f"{str(job['status']).capitalize()}.")
         out.doc(job)
         return job_exit_code(job)
     return _follow_and_report(api, args.job_id, out, args.poll_interval)
