@@ -269,3 +269,24 @@ def test_liveness_scanner_declares_a_silent_node_offline(live, acme, nodes):
     gwait(lambda: live.runtime.node_state("acme", "web1")["status"] == "offline", timeout=5,
           message="node offline after missed heartbeats")
     assert live.runtime.node_fsm_count() == 0
+
+
+@pytest.mark.parametrize("live_overrides", [{"disable_curve_encryption": True}])
+def test_curve_disabled_plain_dealer_works(live, acme, nodes):
+    assert live.runtime.curve_public_key is None
+    n = connect(live, acme, "web1", curve=False)
+    nodes.append(n)
+    assert "curve_public_key" not in n.config, "S6: no curve key advertised when curve is disabled"
+    gwait(lambda: available(live, "web1"), message="plain-text node available")
+    assert live.runtime.broker.zap is None
+
+
+def test_zap_allow_list_expiry_and_purge(live):
+    rt = live.runtime
+    key = b"k" * 32
+    rt.allow_curve_key(key, now=100.0)
+    assert rt.curve_key_allowed(key, now=100.0 + live.settings.zap_key_lifetime - 1)
+    assert not rt.curve_key_allowed(key, now=100.0 + live.settings.zap_key_lifetime)
+    assert rt.purge_curve_keys(now=50.0) == 0
+    assert rt.purge_curve_keys(now=100.0 + live.settings.zap_key_lifetime) == 1
+    assert not rt.curve_key_allowed(key, now=100.0)
