@@ -21,8 +21,6 @@ import os
 import ssl
 import stat
 import sys
-import urllib.error
-import urllib.request
 from typing import Callable, Optional, Sequence
 
 import peewee as pw
@@ -146,9 +144,12 @@ def cmd_init(settings: Settings, args: argparse.Namespace) -> None:
             os.makedirs(parent, mode=0o700, exist_ok=True)
             out(f"created {parent} (mode 0700)")
     database = store.open_database(settings, migrate=False)
-    with database.connection_context():
-        before = store.current_schema_version(database)
-        store.migrate_schema(database)
+    try:
+        with database.connection_context():
+            before = store.current_schema_version(database)
+            store.migrate_schema(database)
+    except pw.OperationalError as e:
+        raise CtlError(f"cannot open database {store.redact_url(url)}: {str(e).strip().splitlines()[0]}") from None
     if before is None:
         out(f"created database schema version {store.SCHEMA_VERSION} in {store.redact_url(url)}")
     elif before < store.SCHEMA_VERSION:
@@ -387,6 +388,9 @@ def status_url(settings: Settings) -> str:
 
 
 def cmd_status(settings: Settings, args: argparse.Namespace) -> None:
+    import urllib.error
+    import urllib.request
+
     url = status_url(settings)
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
