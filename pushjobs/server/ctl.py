@@ -25,6 +25,8 @@ from typing import Callable, Optional, Sequence
 
 import peewee as pw
 
+from pushjobs.protocol import keys
+from pushjobs.protocol.errors import ProtocolError
 from pushjobs.server import identity, store
 from pushjobs.server.settings import (
     Settings,
@@ -127,8 +129,6 @@ def _write_new_file(path: str, data: str, mode: int) -> None:
 
 
 def cmd_init(settings: Settings, args: argparse.Namespace) -> None:
-    from cryptography.hazmat.primitives import serialization
-
     data_dir = settings.data_dir
     if not os.path.isdir(data_dir):
         os.makedirs(data_dir, mode=0o700, exist_ok=True)
@@ -160,18 +160,15 @@ def cmd_init(settings: Settings, args: argparse.Namespace) -> None:
     priv_path, pub_path = settings.server_private_key_path, settings.server_public_key_path
     if os.path.exists(priv_path):
         try:
-            key = serialization.load_pem_private_key(open(priv_path, "rb").read(), password=None)
-        except (ValueError, TypeError) as e:
-            raise CtlError(f"{priv_path}: not a PEM private key ({e})") from None
+            key = keys.load_private_key(open(priv_path, "rb").read())
+        except ProtocolError as e:
+            raise CtlError(f"{priv_path}: {e.detail}") from None
         if stat.S_IMODE(os.stat(priv_path).st_mode) & 0o077:
             os.chmod(priv_path, 0o600)
             out(f"{priv_path}: mode was too open, set to 0600")
         out(f"server key {priv_path} exists (kept)")
         if not os.path.exists(pub_path):
-            pub = key.public_key().public_bytes(
-                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-            ).decode()
-            _write_new_file(pub_path, pub, 0o644)
+            _write_new_file(pub_path, keys.public_key_pem(key), 0o644)
             out(f"wrote {pub_path} from the existing private key")
     else:
         if os.path.exists(pub_path):

@@ -24,9 +24,8 @@ from dataclasses import dataclass
 from typing import Iterable, Optional, Union
 
 import peewee as pw
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-
+from pushjobs.protocol import keys
+from pushjobs.protocol.errors import ProtocolError
 from pushjobs.server import store
 from pushjobs.server.store import Client, Group, GroupMember, Org, OrgUser, User, db
 
@@ -75,33 +74,22 @@ def normalize_public_key(pem: Union[str, bytes]) -> str:
 
     A private key is accepted (its public half is taken) because operators
     often have only the .pem that knife wrote; the private part is not kept."""
-    data = pem.encode() if isinstance(pem, str) else pem
-    key = None
     try:
-        key = serialization.load_pem_public_key(data)
-    except (ValueError, TypeError):
-        try:
-            key = serialization.load_pem_private_key(data, password=None).public_key()
-        except (ValueError, TypeError) as e:
-            raise InvalidKey(f"not a PEM RSA public key ({str(e).splitlines()[0] if str(e) else 'unreadable'})") \
-                from None
-    if not isinstance(key, rsa.RSAPublicKey):
-        raise InvalidKey("not an RSA key (Chef keys are RSA)")
+        key = keys.load_public_key(pem)
+    except ProtocolError as e:
+        detail = str(e.detail if hasattr(e, "detail") else e).splitlines()[0]
+        if "not an RSA key" in detail:
+            raise InvalidKey("not an RSA key (Chef keys are RSA)") from None
+        raise InvalidKey(f"not a PEM RSA public key ({detail})") from None
     if key.key_size < 1024:
         raise InvalidKey(f"RSA key of {key.key_size} bits is too short (at least 2048 recommended)")
-    return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    return keys.public_key_pem(key)
 
 
 def new_key_pair(bits: int = 2048) -> tuple[str, str]:
     """(private PEM in PKCS#1 "BEGIN RSA PRIVATE KEY" form like Chef's, public SPKI PEM)."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
-    private = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
-    ).decode()
-    public = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
-    return private, public
+    key = keys.generate_rsa_key(bits)
+    return keys.private_key_pem(key), keys.public_key_pem(key)
 
 
 # ---------------------------------------------------------------------------
