@@ -106,22 +106,26 @@ def build_node(node_name: str, *, roles: Sequence[str] = (), environment: str = 
     }
 
 
-def report_facts(http: Any, node_name: str, node: dict[str, Any]) -> bool:
-    """PUT the node; True when stored. Never raises (facts are best effort)."""
+def report_facts(http: Any, node_name: str, node: dict[str, Any]) -> str:
+    """PUT the node: "ok", "unsupported" (404/405: an older server) or "failed".
+
+    Never raises: facts are best effort and must not hold up the handshake.
+    """
     from pushjobs.agent.chef_http import HTTPError
 
     try:
         r = http.put_json(f"nodes/{node_name}", node)
     except HTTPError as exc:
         log.warning("[%s] could not report node facts: %s", node_name, exc)
-        return False
+        return "failed"
     if r.status_code in (200, 201, 204):
         log.debug("[%s] node facts reported", node_name)
-        return True
+        return "ok"
     if r.status_code in (404, 405):
         log.warning("[%s] the server does not accept node facts (HTTP %d); search by facts "
                     "will not find this node", node_name, r.status_code)
+        return "unsupported"
     else:
         log.warning("[%s] node facts refused: HTTP %d %s", node_name, r.status_code,
                     r.text[:200].strip())
-    return False
+    return "failed"

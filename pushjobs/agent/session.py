@@ -36,6 +36,7 @@ Life of a session (PROTOCOL.md §2, §3, §6, with the fixes C3, C8, C11):
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import socket
@@ -124,36 +125,48 @@ def fit_output(build: Callable[[Optional[str], Optional[str]], bytes], stdout: O
                stderr: Optional[str], limit: int) -> bytes:
     """The completion body with stdout/stderr cut until it fits `limit` (C7: never drop it).
 
-    The longer stream is shortened first, keeping its head and its tail with
-    a marker in between; JSON escaping can expand text, hence the loop.
+    The stream taking more room once JSON-escaped is shortened first, keeping
+    its head and its tail with a marker in between; escaping can expand text
+    up to 6x, hence measuring the encoded size and looping.
     """
     body = build(stdout, stderr)
     for _ in range(40):
         if len(body) <= limit:
             return body
-        excess = len(body) - limit + len(OUTPUT_MARKER) * 2 + 16
-        out, err = stdout or "", stderr or ""
-        if not out and not err:
+        excess = len(body) - limit + 2 * len(OUTPUT_MARKER) + 64
+        sizes = {name: _encoded_len(text) for name, text in (("out", stdout), ("err", stderr)) if text}
+        if not sizes:
             break
-        if len(out) >= len(err):
-            stdout = _cut(out, excess)
+        name = max(sizes, key=lambda k: sizes[k])
+        text = stdout if name == "out" else stderr
+        assert text is not None
+        ratio = sizes[name] / max(1, len(text))
+        cut = _cut(text, int(excess / ratio) + 1)
+        if name == "out":
+            stdout = cut
         else:
-            stderr = _cut(err, excess)
+            stderr = cut
         body = build(stdout, stderr)
     if len(body) > limit:  # pathological: keep the result, drop the output
         body = build("" if stdout is not None else None, OUTPUT_MARKER if stderr is not None else None)
     return body
 
 
-def _cut(text: str, excess: int) -> str:
+def _encoded_len(text: str) -> int:
+    return len(json.dumps(text).encode())
+
+
+def _cut(text: str, remove: int) -> str:
+    """Remove about `remove` characters from the middle of `text`, marking the cut."""
     if OUTPUT_MARKER in text:
         head, tail = text.split(OUTPUT_MARKER, 1)
     else:
         head, tail = text[: len(text) // 2], text[len(text) // 2:]
-    # remove from the middle: trim the end of head and the start of tail
-    keep = max(0, len(head) + len(tail) - max(excess, (len(head) + len(tail)) // 8 + 1))
-    head_keep = keep // 2
-    tail_keep = keep - head_keep
+    total = len(head) + len(tail)
+    keep = max(0, total - max(remove, 1))
+    head_keep = min(len(head), keep // 2)
+    tail_keep = min(len(tail), keep - head_keep)
+    head_keep = min(len(head), keep - tail_keep)
     return head[:head_keep] + OUTPUT_MARKER + (tail[len(tail) - tail_keep:] if tail_keep else "")
 
 
@@ -195,6 +208,7 @@ class NodeSession:
         self._pending: list[tuple[str, dict[str, Any]]] = []
         self._send_failures = 0
         self._http: Optional[ChefHTTP] = None
+        self._facts_unsupported: Optional[str] = None  # server incarnation that said 404/405
         self.log = logging.LoggerAdapter(log, {"node": self.node})
         handler.attach(self)
 
@@ -293,11 +307,14 @@ class NodeSession:
         doc = self._http.get_json(f"pushy/config/{ident.node_name}",
                                   {"ccpk": self.curve_keys[0], "version": "2.0"})
         config = parse_config(doc, ident.private_key)
-        if opts.report_facts and self.facts is not None:
+        if (opts.report_facts and self.facts is not None
+                and self._facts_unsupported != config.incarnation_id):
             from pushjobs.agent.facts import report_facts
 
             try:
-                report_facts(self._http, ident.node_name, self.facts())
+                if report_facts(self._http, ident.node_name, self.facts()) == "unsupported":
+                    # an older server: do not ask again until it restarts (maybe upgraded)
+                    self._facts_unsupported = config.incarnation_id
             except Exception:  # facts are best effort; never block the handshake
                 self.log.exception("[%s] building node facts failed", self.node)
         return config
