@@ -31,7 +31,7 @@ from gevent.event import Event as GEvent
 from gevent.queue import Queue
 
 from pushjobs.core import actions as A
-from pushjobs.core.job import JOB_TERMINAL, NODE_TERMINAL, JobFSM, JobSpec
+from pushjobs.core.job import NODE_TERMINAL, JobFSM, JobSpec
 from pushjobs.server import store
 from pushjobs.server.events import EventBus, JobFeed
 
@@ -174,7 +174,15 @@ class JobCoordinator:
             requestor=job.requestor, quorum=job.quorum, user=job.user or None, dir=job.dir or None,
             env=env or None, file=job.file or None, capture=bool(job.capture_output),
         )
-        fsm = JobFSM(spec, voting_timeout=float(self.settings.voting_timeout), server_name=self.server_name)
+        try:
+            fsm = JobFSM(spec, voting_timeout=float(self.settings.voting_timeout), server_name=self.server_name)
+        except ValueError as e:
+            # The API validates jobs; should one slip through, it must not stay `new`.
+            log.error("job %s cannot start: %s; marked crashed", job_id, e)
+            ts = store.utcnow()
+            self.writer.submit(lambda: store.Job.update(status="crashed", updated_at=ts)
+                               .where(store.Job.id == job_id).execute())
+            return
         lj = LiveJob(job_id, org_name, fsm, self.bus.open_job_feed(job_id))
         self.live[job_id] = lj
         available = {n for n in nodes if self.registry.is_available((org_name, n))}

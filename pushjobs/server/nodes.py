@@ -29,7 +29,7 @@ from typing import Any, Callable, Container, Optional, Protocol
 import gevent
 
 from pushjobs.core import actions as A
-from pushjobs.core.node import NodeFSM
+from pushjobs.core.node import CLIENT_MESSAGE_TYPES, NodeFSM
 from pushjobs.protocol import signing
 from pushjobs.protocol.errors import ProtocolError
 from pushjobs.protocol.timestamps import http_date
@@ -126,6 +126,8 @@ class NodeRegistry:
                 "dropped command message (reason=%s, connection=%s, dropped so far=%d): %s",
                 reason, routing_id.hex(), self.drop_counts[reason], detail,
             )
+        else:
+            log.debug("dropped command message (reason=%s, connection=%s): %s", reason, routing_id.hex(), detail)
 
     def _key_for(self, body: dict) -> Optional[bytes]:
         org, node = body.get("org"), body.get("node")
@@ -164,6 +166,10 @@ class NodeRegistry:
         if bound is not None and bound.key != key:
             self._drop("node_mismatch", routing_id, f"connection of {bound.key} sent a message as {key}")
             return
+        if body.get("type") not in CLIENT_MESSAGE_TYPES:
+            # Not a pipeline failure: the FSM logs and ignores it (§5.1), but
+            # the metrics should show senders of unknown types.
+            self.drop_counts["unknown_type"] += 1
         entry = self.entries.get(key)
         if entry is None:
             incarnation = body.get("incarnation_id")

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import pytest
-import requests
 
 from pushjobs.protocol.timestamps import http_date
 from tests.helpers.fakenode import FakeNode, SseReader

@@ -8,14 +8,12 @@ The end-to-end versions with the real server subprocess are test_e2e_jobs*.py.
 from __future__ import annotations
 
 import json
-import time
-import uuid
 
 import pytest
 
 from pushjobs.server import store
-from pushjobs.server.jobs import JobCoordinator, truncate_output
-from tests.helpers.fakenode import FakeNode, SseReader
+from pushjobs.server.jobs import truncate_output
+from tests.helpers.fakenode import SseReader
 from tests.server.test_broker import acme, available, blocking, connect, gwait, live, nodes  # noqa: F401
 
 

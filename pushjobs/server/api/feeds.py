@@ -16,7 +16,7 @@ Rules of this file:
 from __future__ import annotations
 
 import logging
-from typing import Iterator, Optional
+from typing import Iterator
 
 from flask import Blueprint, Response, current_app, g, request, stream_with_context
 from gevent.queue import Empty
