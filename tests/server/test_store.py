@@ -139,3 +139,33 @@ def test_naive_utc_datetimes(store_db):
     got = store.Org.get_by_id(org.id).created_at
     assert got.tzinfo is None
     assert abs(got - dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)) < dt.timedelta(seconds=60)
+
+
+_COOPERATIVE_SCRIPT = r'''
+import sys, time
+from gevent import monkey; monkey.patch_all()
+import gevent
+from pushjobs.server import store
+from pushjobs.server.settings import Settings
+store.make_cooperative()
+store.open_database(Settings(data_dir=sys.argv[2], database_url=sys.argv[1]))
+def sleeper():
+    with store.db.connection_context():
+        store.db.execute_sql("SELECT pg_sleep(0.6)")
+t = time.monotonic()
+gevent.joinall([gevent.spawn(sleeper) for _ in range(4)], raise_error=True)
+print(round(time.monotonic() - t, 3))
+store.close_database()
+'''
+
+
+@pytest.mark.postgres
+def test_postgresql_queries_are_cooperative_under_gevent(fresh_postgres_url, tmp_path):
+    """With psycogreen, four greenlets each waiting 0.6 s on PostgreSQL finish together, not in turn."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", _COOPERATIVE_SCRIPT, fresh_postgres_url, str(tmp_path)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert float(r.stdout.strip()) < 2.0  # serial would be >= 2.4 s
