@@ -270,3 +270,21 @@ def test_bad_settings_file_stops_with_one_line(tmp_path):
     assert cp.stderr.strip() == f"{bad}:2: max_body_size: expected a positive integer, got -1"
     cp = subprocess.run([AGENT_BIN, "-v"], capture_output=True, text=True, timeout=30)
     assert cp.returncode == 0 and cp.stdout.startswith("Push Client: ")
+
+
+def test_sighup_and_sigusr1_reconfigure_without_killing_the_running_job(srv, http, agent_factory):
+    n = node_name()
+    agent = agent_factory(srv, ORG, n, whitelist={"slow": 'sleep 2; echo "done $CHEF_PUSH_JOB_ID"'})
+    agent.wait_available(http)
+    job_id = http.create_job("slow", [n], capture_output=True)
+    agent.wait_log("started 'sleep 2;")
+    before = agent.connect_count()
+    agent.signal(signal.SIGHUP)
+    agent.wait_connected(after=before)
+    agent.signal(signal.SIGUSR1)
+    agent.wait_connected(after=before + 1)
+    job = http.wait_job(job_id)
+    assert job["nodes"].get("succeeded") == [n], job
+    assert output(http, job_id, n) == f"done {job_id}\n"
+    assert "received HUP" in agent.log_text()
+    agent.wait_available(http)
