@@ -262,7 +262,10 @@ class _Lexer:
                 m = _NUMBER.match(t, self.i)
                 assert m is not None
                 self.i = m.end()
-                self.emit(NUM, _to_number(m.group()), line, space, m.group())
+                try:
+                    self.emit(NUM, _to_number(m.group()), line, space, m.group())
+                except ValueError:
+                    self.emit(ERR, m.group(), line, space, m.group())  # "0x_", "1__": reported by the parser
             elif _IDENT_START.match(c):
                 m = _IDENT.match(t, self.i)
                 assert m is not None
@@ -503,6 +506,7 @@ _RUBY_CALLS = {
 }
 _BLOCK_OPENERS = {"if", "unless", "while", "until", "case", "def", "begin", "class", "module", "for"}
 _KEYWORDS = {"true", "false", "nil", "self", "then", "else", "elsif", "when", "end", "do", "and", "or", "not"}
+_MAX_DEPTH = 64
 _FILE_FUNCS = {"dirname", "basename", "join", "expand_path", "absolute_path"}
 
 
@@ -518,6 +522,7 @@ class _Parser:
         self.strict = strict
         self.vars: dict[str, Any] = {}
         self.result = Assignments()
+        self.depth = 0
 
     # --- token helpers ---
     @property
@@ -702,6 +707,15 @@ class _Parser:
         return d
 
     def value(self) -> Any:
+        self.depth += 1
+        try:
+            if self.depth > _MAX_DEPTH:
+                raise _Unsupported("arrays/hashes nested too deeply")
+            return self._value()
+        finally:
+            self.depth -= 1
+
+    def _value(self) -> Any:
         t = self.tok
         if t.kind == STR:
             self.next()

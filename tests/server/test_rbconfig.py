@@ -158,6 +158,7 @@ def test_variables_assigned_above_are_values():
         ("a 1 + 2", 1, "unexpected `+`"),
         ("s['k']", 1, "expected `=`"),
         ("a /x", 1, "unterminated regular expression"),
+        ("a 0x_", 1, "unsupported value `0x_`"),
     ],
 )
 def test_strict_errors_name_file_and_line(text, line, message):
@@ -204,3 +205,28 @@ def test_parse_file_rejects_non_utf8(tmp_path):
     p.write_bytes(b"a '\xff'\n")
     with pytest.raises(RbConfigError, match="not UTF-8"):
         rbconfig.parse_file(str(p))
+
+
+from hypothesis import given, settings as hsettings, strategies as st  # noqa: E402
+
+_RUBYISH = st.lists(
+    st.sampled_from(list("ab_:=>{}[](),.'\"/\\#%wrx01 \n\t-+@$;?!|&*^~`<>") + ["=>", "#{", "\\n", "::", "%w(", "k "]),
+    max_size=40,
+).map("".join)
+
+
+@hsettings(max_examples=400, deadline=None)
+@given(_RUBYISH)
+def test_any_text_gives_assignments_or_one_line_error(text):
+    for strict in (True, False):
+        try:
+            r = parse(text, "f.rb", strict=strict)
+        except RbConfigError as e:
+            assert str(e).startswith("f.rb:") and "\n" not in str(e).split(": ", 1)[0]
+        else:
+            assert all(isinstance(a.key, str) for a in r)
+
+
+def test_deep_nesting_is_an_error_not_a_crash():
+    with pytest.raises(RbConfigError, match="nested too deeply"):
+        parse("k " + "[" * 5000 + "]" * 5000)
