@@ -158,7 +158,7 @@ def test_variables_assigned_above_are_values():
         ("a 1 + 2", 1, "unexpected `+`"),
         ("s['k']", 1, "expected `=`"),
         ("a /x", 1, "unterminated regular expression"),
-        ("a 0x_", 1, "unsupported value `0x_`"),
+        ("a 0x_", 1, "unsupported syntax `0x_`"),
     ],
 )
 def test_strict_errors_name_file_and_line(text, line, message):
