@@ -38,6 +38,7 @@ log = logging.getLogger("pushjobs.server")
 
 GRACEFUL_TIMEOUT = 5  # s the master waits for the worker on SIGTERM/SIGHUP
 WORKER_CONNECTIONS = 2000  # concurrent HTTP connections (SSE streams count)
+KEEPALIVE = 2  # s an idle keep-alive connection stays open
 
 
 class PushJobsApplication(BaseApplication):
@@ -72,7 +73,8 @@ class PushJobsApplication(BaseApplication):
             "preload_app": False,
             "graceful_timeout": GRACEFUL_TIMEOUT,
             "timeout": 30,
-            "keepalive": 5,
+            # idle keep-alive connections hold the worker at shutdown/reload: keep them short
+            "keepalive": KEEPALIVE,
             "proc_name": "push-jobs-server",
             "loglevel": level if level in ("debug", "info", "warning", "error", "critical") else "info",
             "errorlog": "-",

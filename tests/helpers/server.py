@@ -494,6 +494,7 @@ class ServerProcess:
         """SIGTERM the master and wait for it; kill the group if it overstays. Returns the exit code."""
         if self.proc is None:
             return None
+        self.close_clients()  # idle keep-alive connections would make the worker linger
         rc = self.proc.poll()
         if rc is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -529,12 +530,15 @@ class ServerProcess:
             self._log_file.close()
             self._log_file = None
 
-    def close(self) -> None:
-        """Stop the server and close the HTTP sessions handed out."""
+    def close_clients(self) -> None:
+        """Close the HTTP sessions handed out by `client()` (they stay usable: requests reconnects)."""
         for c in self._clients:
             c.close()
-        self._clients.clear()
+
+    def close(self) -> None:
+        """Stop the server and close the HTTP sessions handed out."""
         self.stop()
+        self._clients.clear()
 
     def log_text(self) -> str:
         try:

@@ -1,0 +1,189 @@
+"""push-jobs-server as a process: start-up errors, one gevent worker, SIGTERM, SIGHUP, HTTPS, options.
+
+Each test starts real subprocesses (the gunicorn master and its worker).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+import requests
+
+from pushjobs.protocol.keys import curve_keypair
+from tests.helpers.server import SERVER_BIN, ServerProcess, wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+def _run_server(config, timeout=30):
+    return subprocess.run([SERVER_BIN, "-c", str(config)], capture_output=True, text=True, timeout=timeout)
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as fh:
+            return [int(x) for x in fh.read().split()]
+    except FileNotFoundError:
+        return []
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+# --------------------------------------------------------------------------------------
+# start-up errors: one line on stderr, exit 2, no traceback
+
+
+def test_unknown_setting_exits_2_with_one_line(tmp_path):
+    cfg = tmp_path / "push-jobs-server.rb"
+    cfg.write_text(f'data_dir "{tmp_path}"\nbogus_setting 12\n')
+    cp = _run_server(cfg)
+    assert cp.returncode == 2
+    lines = cp.stderr.strip().splitlines()
+    assert len(lines) == 1, cp.stderr
+    assert "bogus_setting" in lines[0] and str(cfg) in lines[0] and "Traceback" not in cp.stderr
+
+
+def test_missing_settings_file_exits_2(tmp_path):
+    cp = _run_server(tmp_path / "nope.rb")
+    assert cp.returncode == 2
+    assert len(cp.stderr.strip().splitlines()) == 1 and "nope.rb" in cp.stderr
+
+
+def test_not_initialized_exits_2(tmp_path):
+    s = ServerProcess(tmp_path / "srv")
+    s.write_settings()
+    cp = _run_server(s.config_path)
+    assert cp.returncode == 2
+    assert "push-jobs-server-ctl init" in cp.stderr and "Traceback" not in cp.stderr
+    assert len(cp.stderr.strip().splitlines()) == 1
+
+
+def test_unreachable_database_exits_2(tmp_path):
+    s = ServerProcess(tmp_path / "srv")
+    s.init()
+    s.database_url = "postgresql://nobody@127.0.0.1:1/nothing"
+    s.write_settings()
+    cp = _run_server(s.config_path)
+    assert cp.returncode == 2, cp.stderr
+    assert "Traceback" not in cp.stderr
+    assert len(cp.stderr.strip().splitlines()) == 1
+
+
+def test_usage():
+    cp = subprocess.run([SERVER_BIN, "--help"], capture_output=True, text=True, timeout=30)
+    assert cp.returncode == 0 and "-c CONFIG" in cp.stdout
+
+
+# --------------------------------------------------------------------------------------
+# the running process
+
+
+def test_one_gevent_worker_sigterm_exits_0_and_frees_ports(server_factory):
+    s = server_factory()
+    workers = wait_for(lambda: _children(s.pid), timeout=5, message="the worker")
+    assert len(workers) == 1
+    worker = workers[0]
+    with open(f"/proc/{worker}/cmdline") as fh:
+        assert "push-jobs-server" in fh.read()
+    log = s.log_text()
+    assert "gevent" in log  # gunicorn names its worker class
+    assert f"worker {worker} serving the API" in log
+    # the ZeroMQ sockets are bound by the worker, not the master
+    assert not _port_free(s.server_heartbeat_port) and not _port_free(s.command_port)
+    t0 = time.monotonic()
+    rc = s.stop(timeout=10)
+    assert rc == 0
+    assert time.monotonic() - t0 < 6
+    assert not os.path.exists(f"/proc/{worker}") or open(f"/proc/{worker}/stat").read().split()[2] == "Z"
+    for port in (s.api_port, s.server_heartbeat_port, s.command_port):
+        wait_for(lambda: _port_free(port), timeout=5, message=f"port {port} released")
+
+
+def test_sigterm_with_an_open_event_stream(server_factory):
+    """An SSE client must not hold the shutdown hostage."""
+    s = server_factory()
+    s.create_org("acme")
+    alice = s.create_user("alice", "acme", admin=True)
+    http = s.client(alice)
+    got = threading.Event()
+
+    def listen():
+        try:
+            r = http.get("job_status_feed", headers={"Accept": "text/event-stream"}, stream=True, timeout=30)
+            got.set()
+            for _ in r.iter_content(64):
+                pass
+        except requests.RequestException:
+            pass
+
+    t = threading.Thread(target=listen, daemon=True)
+    t.start()
+    assert got.wait(10)
+    t0 = time.monotonic()
+    assert s.stop(timeout=15) == 0
+    assert time.monotonic() - t0 < 8
+    t.join(10)
+
+
+def test_restart_keeps_jobs_new_incarnation(server_factory):
+    s = server_factory()
+    s.create_org("acme")
+    alice = s.create_user("alice", "acme", admin=True)
+    http = s.client(alice)
+    first = s.status()["incarnation_id"]
+    job_id = http.create_job("chef-client", ["web1"])
+    s.restart()
+    assert s.status()["incarnation_id"] != first
+    assert http.job(job_id)["id"] == job_id
+
+
+def test_sighup_reloads_the_worker(server_factory):
+    s = server_factory()
+    s.create_org("acme")
+    web1 = s.create_client("web1", "acme")
+    first = s.status()["incarnation_id"]
+    old_worker = _children(s.pid)
+    s.signal(signal.SIGHUP)
+    wait_for(lambda: s.status()["incarnation_id"] != first, timeout=15, message="a new worker")
+    assert s.running
+    new_worker = wait_for(lambda: _children(s.pid), timeout=5, message="the new worker")
+    assert len(new_worker) == 1 and new_worker != old_worker
+    # the new worker bound the ZeroMQ ports again and hands out curve keys
+    r = s.client(web1).get("config/web1", params={"ccpk": curve_keypair()[0]})
+    assert r.status_code == 200 and r.json()["incarnation_id"] != first
+    assert s.stop() == 0
+
+
+def test_https(server_factory):
+    s = server_factory(ssl=True)
+    assert s.base_url.startswith("https://")
+    r = requests.get(s.base_url + "/pushy/_status", verify=str(s.directory / "tls" / "server.crt"))
+    assert r.status_code == 200
+    with pytest.raises(requests.RequestException):
+        requests.get(f"http://127.0.0.1:{s.api_port}/pushy/_status", timeout=5)
+
+
+def test_curve_disabled_and_client_name_not_validated(server_factory):
+    """S6: no ccpk needed and no curve_public_key; validate_client_node_name false lets a client read any config."""
+    s = server_factory(settings={"disable_curve_encryption": True, "validate_client_node_name": False})
+    s.create_org("acme")
+    web1 = s.create_client("web1", "acme")
+    http = s.client(web1)
+    r = http.get("config/web1")
+    assert r.status_code == 200, r.text
+    assert "curve_public_key" not in r.json()
+    r = http.get("config/web2")
+    assert r.status_code == 200 and r.json()["node"] == "web2"
