@@ -112,8 +112,12 @@ class Agent:
         try:
             with open(settings.client_key, "rb") as fh:
                 key = load_private_key(fh.read())
+                mode = os.fstat(fh.fileno()).st_mode
         except (OSError, ValueError) as exc:
             raise SettingsError(f"cannot load the client key {settings.client_key}: {exc}") from None
+        if mode & 0o077:
+            log.warning("client key %s is readable by group/others (mode %o); it should be 0600",
+                        settings.client_key, mode & 0o777)
         self.node = settings.resolved_node_name
         self.loop = EventLoop(workers=2)
         self.jobs = AgentJobs(self.node, JobSettings.from_settings(settings))

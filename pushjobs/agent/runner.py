@@ -29,6 +29,7 @@ import os
 import pwd
 import selectors
 import signal
+import stat
 import subprocess
 import tempfile
 import threading
@@ -168,8 +169,17 @@ def build_environment(spec: JobSpec, *, job_file: Optional[str],
 
 
 def write_job_file(file_dir: str, payload: bytes, uid: Optional[int], gid: Optional[int]) -> str:
-    """Create `file_dir/pushy_fileXXXX` 0600, owned by the job's user."""
+    """Create `file_dir/pushy_fileXXXX` 0600, owned by the job's user.
+
+    `file_dir` (by default under the world-writable /tmp) must be a real
+    directory owned by the agent's user and writable by nobody else:
+    otherwise someone could swap the job file between write and read.
+    """
     os.makedirs(file_dir, mode=0o711, exist_ok=True)
+    st = os.lstat(file_dir)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise OSError(f"file_dir {file_dir} is not a directory owned by uid {os.geteuid()} and "
+                      "writable only by it; refusing to write the job file there")
     fd, path = tempfile.mkstemp(prefix=FILE_PREFIX, dir=file_dir)
     try:
         os.fchmod(fd, 0o600)

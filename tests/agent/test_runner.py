@@ -222,3 +222,12 @@ def test_sweep_removes_only_old_job_files(tmp_path):
     os.utime(tmp_path / "other", (old, old))
     assert sweep_file_dir(str(tmp_path), 86400) == 1
     assert sorted(os.listdir(tmp_path)) == ["other", "pushy_filenew"]
+
+
+def test_unsafe_file_dir_is_refused(tmp_path):
+    d = tmp_path / "open"
+    d.mkdir()
+    os.chmod(d, 0o777)
+    r, _ = run_job(spec(["/bin/cat"], file="raw:x"), file_dir=str(d))
+    assert r.status == FAILED and "writable only by it" in r.stderr
+    assert os.listdir(d) == []
