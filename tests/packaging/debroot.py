@@ -27,7 +27,6 @@ import fcntl
 import hashlib
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import tempfile
@@ -109,7 +108,9 @@ def _remove_tree(path: Path) -> None:
     if _mounts_below(path):
         log.error("not deleting %s: still mounted: %s", path, _mounts_below(path))
         return
-    shutil.rmtree(path, ignore_errors=True)
+    # rm is much faster than shutil.rmtree on a whole root, and
+    # --one-file-system never crosses into a mount that appeared meanwhile.
+    subprocess.run(["rm", "-rf", "--one-file-system", str(path)], check=False)
 
 
 class DebianRoot:
@@ -144,17 +145,29 @@ class DebianRoot:
         p.chmod(mode)
 
     # --- commands -----------------------------------------------------------
-    def _argv(self, argv: Sequence[str], user: Optional[str]) -> list[str]:
-        cmd = ["chroot"]
+    def ids(self, user: str) -> tuple[int, int]:
+        """(uid, gid) of `user` in the root's /etc/passwd (not the host's)."""
+        for line in self.read("/etc/passwd").splitlines():
+            fields = line.split(":")
+            if fields[0] == user:
+                return int(fields[2]), int(fields[3])
+        raise KeyError(f"no user {user} in the root")
+
+    def _argv(self, argv: Sequence[str], user: Optional[str], network: bool = True) -> list[str]:
+        cmd = [] if network else ["unshare", "--net"]
+        cmd.append("chroot")
         if user:
-            cmd.append(f"--userspec={user}:{user}")
+            uid, gid = self.ids(user)
+            cmd.append(f"--userspec={uid}:{gid}")
         return [*cmd, str(self.path), *argv]
 
     def run(self, argv: Sequence[str], *, user: Optional[str] = None, check: bool = True,
-            timeout: float = 300, env: Optional[dict] = None) -> subprocess.CompletedProcess:
-        """Run a command inside the root and wait for it."""
+            timeout: float = 300, env: Optional[dict] = None,
+            network: bool = True) -> subprocess.CompletedProcess:
+        """Run a command inside the root and wait for it (`network=False`: in a
+        fresh network namespace with no interface up, i.e. provably offline)."""
         full_env = dict(CHROOT_ENV, **(env or {}))
-        res = subprocess.run(self._argv(argv, user), capture_output=True, text=True,
+        res = subprocess.run(self._argv(argv, user, network), capture_output=True, text=True,
                              timeout=timeout, env=full_env)
         if check and res.returncode != 0:
             raise AssertionError(f"in chroot: {' '.join(argv)} -> rc {res.returncode}\n"
