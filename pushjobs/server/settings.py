@@ -25,6 +25,7 @@ import logging
 import os
 import re
 import socket
+import types as _pytypes
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
@@ -187,7 +188,7 @@ def coerce_value(key: str, value: Any) -> Any:
         raise ValueError(f"unknown setting '{key}'")
     t = types[key]
     optional = False
-    if typing.get_origin(t) is typing.Union:
+    if typing.get_origin(t) in (typing.Union, _pytypes.UnionType):
         args = [a for a in typing.get_args(t) if a is not type(None)]
         optional = True
         t = args[0]

@@ -133,7 +133,7 @@ class PostgresCluster:
             self.port = _free_port()
             opts = (
                 f"-p {self.port} -k {self.sockdir} -c listen_addresses=127.0.0.1 -F "
-                "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+                "-c synchronous_commit=off -c full_page_writes=off -c max_connections=150 -c shared_buffers=32MB"
             )
             try:
                 self._run([os.path.join(self.bindir, "pg_ctl"), "-D", self.datadir, "-o", opts,
