@@ -10,6 +10,8 @@ Rules of this file:
 * Groups live in an org; a member is a user, a client or another group of the
   same org. Membership is resolved recursively through nested groups and is
   safe against cycles (a group that contains itself, directly or not).
+* `users` and `clients` behave like Chef's built-in groups (every user /
+  client of the org) without rows of their own (BUILTIN_GROUPS).
 * Principal lookup follows Chef: in an org, a client of that name wins over a
   user of the same name (`lookup_principal`). Public keys are stored as SPKI
   PEM ("-----BEGIN PUBLIC KEY-----"), whatever PEM form was given.
@@ -40,6 +42,10 @@ READERS_GROUP = "pushy_job_readers"
 DEFAULT_GROUPS = (ADMINS_GROUP,)
 
 USER, CLIENT, GROUP = "user", "client", "group"
+#: Chef's built-in groups, kept implicit: `users` holds every user of the org and
+#: `clients` every client, so `group-add ORG pushy_job_readers group:clients`
+#: works as on a Chef server. Explicit members added to them count too.
+BUILTIN_GROUPS = ("users", "clients")
 
 _ORG_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,254}$")
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,254}$")
@@ -383,6 +389,8 @@ def is_member(org: Union[Org, str], group: str, kind: str, name: str) -> bool:
     o = org if isinstance(org, Org) else find_org(org)
     if o is None:
         return False
+    if _in_builtin(o, group, kind, name):
+        return True
     start = find_group(o, group)
     if start is None:
         return False
@@ -400,9 +408,20 @@ def is_member(org: Union[Org, str], group: str, kind: str, name: str) -> bool:
         sub_names = {n for k, n in rows if k == GROUP}
         if not sub_names:
             return False
+        if any(_in_builtin(o, g, kind, name) for g in sub_names & set(BUILTIN_GROUPS)):
+            return True
         subs = [g.id for g in Group.select(Group.id).where((Group.org == o) & (Group.name.in_(list(sub_names))))]
         frontier = [gid for gid in subs if gid not in seen]
         seen.update(frontier)
+    return False
+
+
+def _in_builtin(o: Org, group: str, kind: str, name: str) -> bool:
+    """Chef's `users` / `clients` groups: every user / every client of the org."""
+    if group == "users" and kind == USER:
+        return is_org_member(o, name)
+    if group == "clients" and kind == CLIENT:
+        return find_client(o, name) is not None
     return False
 
 
@@ -430,7 +449,7 @@ def resolve_principal_spec(org: Union[Org, str], spec: str) -> MemberRef:
         if prefix not in (USER, CLIENT, GROUP):
             raise IdentityError(f"'{spec}': a principal is NAME, user:NAME, client:NAME or group:NAME")
         if prefix == GROUP:
-            if find_group(o, name) is None:
+            if find_group(o, name) is None and name not in BUILTIN_GROUPS:
                 raise NotFound(f"group '{name}' does not exist in org '{o.name}'")
         elif prefix == CLIENT:
             if find_client(o, name) is None:

@@ -108,6 +108,13 @@ def test_init_creates_dir_schema_and_keys_idempotently(tmp_path):
     pub.unlink()
     assert "from the existing private key" in c.ok("init")
     assert serialization.load_pem_public_key(pub.read_bytes()).public_numbers() == loaded_pub.public_numbers()
+    # a looser mode is corrected, a damaged key is reported, not replaced
+    os.chmod(priv, 0o644)
+    assert "mode was too open, set to 0600" in c.ok("init")
+    assert stat.S_IMODE(os.stat(priv).st_mode) == 0o600
+    priv.write_text("garbage")
+    assert f"{priv}: cannot load RSA private key" in c.fails("init")
+    assert priv.read_text() == "garbage"
     # a public key without its private key is not silently replaced
     priv.unlink()
     assert "exists without" in c.fails("init")

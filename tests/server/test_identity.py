@@ -188,3 +188,23 @@ def test_deletes_clean_up_memberships(store_db):
     idn.group_add("acme", "outer", "group:readers")
     idn.delete_group("acme", "readers")
     assert idn.group_members("acme", "outer")["groups"] == []
+
+
+def test_builtin_users_and_clients_groups(store_db):
+    idn.create_org("acme")
+    idn.create_org("beta")
+    idn.create_user("alice", PUB_SPKI, org="acme")
+    idn.create_user("carol", PUB_SPKI, org="beta")
+    idn.create_client("acme", "n1", PUB_SPKI)
+    idn.create_client("beta", "n9", PUB_SPKI)
+    assert idn.group_add("acme", "pushy_job_readers", "group:clients").member == idn.MemberRef("group", "clients")
+    idn.group_add("acme", "pushy_job_readers", "group:users")
+    assert idn.is_member("acme", "pushy_job_readers", "client", "n1")
+    assert idn.is_member("acme", "pushy_job_readers", "user", "alice")
+    assert not idn.is_member("acme", "pushy_job_readers", "user", "carol")  # another org's user
+    assert not idn.is_member("acme", "pushy_job_readers", "client", "n9")  # another org's client
+    assert idn.is_member("acme", "users", "user", "alice") and not idn.is_member("acme", "users", "client", "n1")
+    assert idn.is_member("acme", "clients", "client", "n1")
+    # nested one level further down
+    idn.group_add("acme", "pushy_job_writers", "group:pushy_job_readers")
+    assert idn.is_member("acme", "pushy_job_writers", "client", "n1")
