@@ -290,3 +290,37 @@ def test_zap_allow_list_expiry_and_purge(live):
     assert rt.purge_curve_keys(now=50.0) == 0
     assert rt.purge_curve_keys(now=100.0 + live.settings.zap_key_lifetime) == 1
     assert not rt.curve_key_allowed(key, now=100.0)
+
+
+def test_heartbeat_naming_an_unknown_job_is_rehabbed_but_a_bogus_aborted_is_not(live, acme, nodes):
+    n = connect(live, acme, "web1")
+    nodes.append(n)
+    gwait(lambda: available(live, "web1"))
+    n.heartbeats = False
+    aborts = n.count("abort")
+    received = live.runtime.registry.received
+    # aborted naming a job that does not exist: FSM event only, no rehab (§7.2)
+    n.send("aborted", job_id="b" * 32)
+    gwait(lambda: live.runtime.registry.received > received, message="aborted processed")
+    gevent.sleep(0.3)  # longer than a rehab round trip: an abort would have arrived
+    assert n.count("abort") == aborts and available(live, "web1")
+    n.heartbeats = True
+    # a job message for an unknown job → rehab (abort)
+    n.send("ack_commit", job_id="c" * 32)
+    gwait(lambda: n.count("abort") > aborts, message="rehab after a message for an unknown job")
+    gwait(lambda: available(live, "web1"))
+    aborts = n.count("abort")
+    # a heartbeat that names a job the server does not run → rehab
+    n.call(lambda node: node._dealer.send_multipart(
+        node.sign(node.body("heartbeat", job_id="d" * 32, job_state="running"))))
+    gwait(lambda: n.count("abort") > aborts, message="rehab after a heartbeat naming a dead job")
+    gwait(lambda: available(live, "web1"))
+
+
+def test_unknown_message_type_is_counted_and_ignored(live, acme, nodes):
+    n = connect(live, acme, "web1")
+    nodes.append(n)
+    gwait(lambda: available(live, "web1"))
+    n.send("started", job_id=None)  # a 1.x design-doc message that does not exist in 2.x
+    gwait(lambda: live.runtime.drop_counts["unknown_type"] == 1, message="unknown type counted")
+    assert available(live, "web1")

@@ -229,6 +229,7 @@ def test_abort_through_the_api(e2e, fleet):
     (n1,) = fleet("n1", run_result=None)
     jid = e2e.http.create_job("sleep 1000", ["n1"])
     n1.wait_for("run", 5)
+    wait_for(lambda: e2e.http.job(jid)["nodes"] == {"running": ["n1"]}, message="ack_run processed")
     aborts = n1.count("abort")
     r = e2e.http.post(f"jobs/{jid}/abort")
     assert r.status_code in (200, 202), r.text
@@ -287,3 +288,20 @@ def test_feed_negotiation_and_summary(e2e, fleet):
     events = feed_of(e2e.http, jid)
     assert [(e["event"], e["id"]) for e in events] == [("summary", "job-1")]
     assert events[0]["data"]["status"] == "complete" and events[0]["data"]["id"] == jid
+
+
+def test_job_feed_many_readers_and_last_event_id(e2e, fleet):
+    (n1,) = fleet("n1")
+    n1.run_delay = 0.5
+    jid = e2e.http.create_job("uptime", ["n1"])
+    readers = [SseReader(e2e.http, f"job_status_feed/{jid}").start() for _ in range(3)]
+    resumed = SseReader(e2e.http, f"jobs_status_feed/{jid}", last_event_id="job-2").start()
+    for r in readers + [resumed]:
+        r.wait(lambda s: s.done.is_set(), timeout=10)
+    expected = ["start", "quorum_vote", "quorum_succeeded", "run_start", "run_complete", "job_complete"]
+    for r in readers:
+        assert r.names() == expected and r.error is None
+        stamps = [e.data["timestamp"] for e in r.events]
+        assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps)
+    assert [e.id for e in resumed.events] == ["job-3", "job-4", "job-5", "job-6"]
+    assert readers[0].raw == readers[1].raw == readers[2].raw
