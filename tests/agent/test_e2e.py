@@ -243,19 +243,28 @@ def test_server_restart_agents_come_back_without_operator_action(server_factory,
     assert sorted(job["nodes"].get("succeeded", [])) == ["r0", "r1"], job
 
 
-def test_agent_started_before_the_server_waits_and_connects(server_factory, agent_factory):
-    srv = server_factory(start=False)
+def test_agent_started_before_the_server_waits_and_connects_also_unencrypted(server_factory,
+                                                                             agent_factory):
+    """Two scenarios on one server start (keeps the suite fast): agents started before
+    their server, and the legacy mode against a server with encryption disabled."""
+    srv = server_factory(start=False, settings={"disable_curve_encryption": True})
     srv.init()
     srv.create_org(ORG)
     admin = srv.create_user("alice", org=ORG, admin=True)
-    agent = agent_factory(srv, ORG, "early", whitelist={"hi": "echo hi"}, wait=False)
-    agent.wait_log("could not get the push jobs config", count=2)
-    assert agent.running
+    early = agent_factory(srv, ORG, "early", whitelist={"hi": "echo hi"}, wait=False,
+                          settings={"allow_unencrypted": True})
+    strict = agent_factory(srv, ORG, "strict", whitelist={"hi": "echo hi"}, wait=False)
+    early.wait_log("could not get the push jobs config", count=2)
+    assert early.running
     srv.start()
-    agent.wait_connected()
+    early.wait_connected()
+    assert "UNENCRYPTED legacy mode" in early.log_text()
     http = srv.client(admin)
-    agent.wait_available(http)
+    early.wait_available(http)
     assert http.wait_job(http.create_job("hi", ["early"]))["nodes"].get("succeeded") == ["early"]
+    # without allow_unencrypted the agent refuses the server, says why, and keeps trying
+    strict.wait_log("set allow_unencrypted to connect without encryption")
+    assert strict.running and strict.connect_count() == 0
 
 
 def test_bad_settings_file_stops_with_one_line(tmp_path):
