@@ -79,9 +79,18 @@ def test_whitelisted_job_with_capture_and_every_option(srv, http, agent_factory,
     user = "nobody" if os.geteuid() == 0 else None
     names = [node_name(), node_name()]
     agents = [agent_factory(srv, ORG, n, whitelist={"everything": EVERYTHING},
-                            settings={"file_dir": os.path.join(shared_dir, n)}) for n in names]
+                            settings={"file_dir": os.path.join(shared_dir, n), "roles": ["web"],
+                                      "environment": "prod", "tags": [f"t-{n}"]})
+              for n in names]
     for a in agents:
         a.wait_available(http)
+    # node facts reached the server: Chef node shape, searchable
+    node = http.get(f"/organizations/{ORG}/nodes/{names[0]}").json()
+    assert node["run_list"] == ["role[web]"] and node["chef_environment"] == "prod"
+    assert node["normal"]["tags"] == [f"t-{names[0]}"]
+    assert node["automatic"]["kernel"]["name"] == "Linux" and node["automatic"]["platform_family"]
+    found = http.get(f"/organizations/{ORG}/search/node", params={"q": f"role:web AND tags:t-{names[1]}"})
+    assert [r["name"] for r in found.json()["rows"]] == [names[1]], found.text
     fields = dict(capture_output=True, dir="/", env={"FOO": "bar baz", "CHEF_PUSH_JOB_ID": "evil"},
                   file="raw:the payload\n")
     if user:
