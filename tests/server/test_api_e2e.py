@@ -416,6 +416,7 @@ def test_config_missing_ccpk(world):
 def test_config_bad_ccpk(world, ccpk):
     r = _config(world, world.web1, "web1", ccpk=ccpk)
     assert r.status_code == 401 and error_of(r) == ["Bad ccpk"]
+    assert r.headers["WWW-Authenticate"] == 'X-Ops-Sign version="1.0" version="1.1"'
 
 
 def test_config_ccpk_checked_before_signature(world):

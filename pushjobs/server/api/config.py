@@ -19,7 +19,7 @@ from flask import Blueprint, Response, current_app, g, request
 from pushjobs.protocol.errors import ProtocolError
 from pushjobs.server.api.errors import error, json_response
 from pushjobs.server.api.status import runtime_value
-from pushjobs.server.auth import signed_request
+from pushjobs.server.auth import signed_request, unauthorized
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +41,13 @@ def check_ccpk(_body: bytes) -> Optional[bytes]:
     if ccpk is None:
         raise error(400, "Missing ccpk")
     if len(ccpk) != Z85_KEY_LENGTH:
-        raise error(401, "Bad ccpk")
+        raise unauthorized("Bad ccpk")
     try:
         raw = z85_decode(ccpk)
     except (ProtocolError, ValueError):
-        raise error(401, "Bad ccpk") from None
+        raise unauthorized("Bad ccpk") from None
     if len(raw) != 32:
-        raise error(401, "Bad ccpk")
+        raise unauthorized("Bad ccpk")
     return raw
 
 
