@@ -374,7 +374,8 @@ class Progress:
         elif ev.name == "run_complete":
             st = str(d.get("status", ""))
             self.nodes[node] = RUN_STATE.get(st, "failed")
-            text = f"  {node}: {self.nodes[node]}" + ("" if st in ("success", "failure") else f" ({st})")
+            shown = self.nodes[node]
+            text = f"  {node}: {shown}" + ("" if st in ("success", "failure", shown) else f" ({st})")
         elif ev.name == "rehab":
             text = f"  {node}: rehab"
         elif ev.name == "job_complete":

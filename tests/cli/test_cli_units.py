@@ -255,3 +255,66 @@ def test_unreachable_server(tmp_path: Path) -> None:
 def test_help_works() -> None:
     cp = run_cli("job", "start", "--help")
     assert cp.returncode == 0 and "--quorum" in cp.stdout and "--search" in cp.stdout
+
+
+# --- progress display ------------------------------------------------------------------
+
+
+class _Stream:
+    def __init__(self, tty: bool):
+        self.text = ""
+        self.tty = tty
+
+    def write(self, s: str) -> None:
+        self.text += s
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+def _feed(tty: bool) -> _Stream:
+    from pushjobs.cli.sse import Event
+    from pushjobs.cli.verbs import Output, Progress
+
+    stream = _Stream(tty)
+    p = Progress(Output("text", stdout=stream, stderr=stream), "j" * 32, tty=tty)  # type: ignore[arg-type]
+    for name, data in [("start", {"node_count": 2, "quorum": 2}),
+                       ("quorum_vote", {"node": "a", "status": "success"}),
+                       ("quorum_vote", {"node": "b", "status": "success"}),
+                       ("quorum_succeeded", {}),
+                       ("run_start", {"node": "a"}), ("run_start", {"node": "b"}),
+                       ("run_complete", {"node": "a", "status": "success"}),
+                       ("run_complete", {"node": "b", "status": "crashed"}),
+                       ("job_complete", {"status": "complete"})]:
+        p.on_event(Event(name, "", data))
+    p.finish({"status": "complete", "nodes": {"succeeded": ["a"], "crashed": ["b"]}})
+    return stream
+
+
+def test_progress_plain_lines() -> None:
+    assert _feed(False).text.splitlines() == [
+        "Voting: 2 nodes, quorum 2.", "  a: vote success", "  b: vote success", "Quorum succeeded: running.",
+        "  a: running", "  b: running", "  a: succeeded", "  b: crashed", "Complete."]
+
+
+def test_progress_terminal_rewrites_one_line() -> None:
+    text = _feed(True).text
+    assert text.count("\n") == 1 and text.count("\r\x1b[K") == 10
+    assert "running: 2 nodes, 0 ready, 2 running, 0 succeeded, 0 failed" in text
+    assert text.endswith("complete: 2 nodes, 0 ready, 0 running, 1 succeeded, 1 failed\n")
+
+
+def test_progress_from_polled_job_uses_knife_state_lines() -> None:
+    from pushjobs.cli.verbs import Output, Progress
+
+    stream = _Stream(False)
+    p = Progress(Output("text", stdout=stream, stderr=stream), "j", tty=False)  # type: ignore[arg-type]
+    for job in ({"status": "voting", "nodes": {"new": ["a", "b"]}},
+                {"status": "running", "nodes": {"running": ["a"], "succeeded": ["b"]}},
+                {"status": "running", "nodes": {"running": ["a"], "succeeded": ["b"]}},
+                {"status": "complete", "nodes": {"succeeded": ["a", "b"]}}):
+        p.on_job(job)
+    assert stream.text.splitlines() == ["Voting.", "Running (1/2 in progress) ...", "Complete."]

@@ -203,6 +203,13 @@ def test_search_shape_grammar_and_paging(app: Any) -> None:
     body = _search(app, "tags:search-test AND kernel_name:linux").get_json()
     assert body["total"] == 3
     assert _search(app, None).get_json()["total"] >= 3  # q defaults to *:*
+    # a replaced node is searched as it is now (the expansion cache follows updated_at)
+    alice.req("PUT", f"{N}/s0", node("s0", run_list=["role[web]"], automatic={"platform": "arch"},
+                                     normal={"tags": ["search-test"]}))
+    assert _search(app, "tags:search-test AND platform:debian").get_json()["total"] == 1
+    assert [n["name"] for n in _search(app, "platform:arch").get_json()["rows"]] == ["s0"]
+    alice.req("DELETE", f"{N}/s2")
+    assert _search(app, "tags:search-test").get_json()["total"] == 2
 
 
 @pytest.mark.parametrize("q, pos", [("role:(web", 9), ("role:web AND", 12), ('name:"x', 5)])
