@@ -8,6 +8,8 @@ Rules of this file:
   No tracebacks for anything an operator can cause.
 * Identity changes go through `pushjobs.server.identity`; this module only
   parses arguments, reads files and writes keys.
+* Run as root against a data_dir that belongs to the service user, files it
+  creates there are handed to that user (`_fix_ownership`).
 """
 
 from __future__ import annotations
@@ -117,6 +119,43 @@ def _with_key_file(path: Optional[str], action: Callable[[Optional[str]], None])
     kf.commit()
 
 
+def _service_owner(settings: Settings) -> Optional[tuple[int, int]]:
+    """(uid, gid) of data_dir when we run as root and the server runs as someone else.
+
+    The package makes data_dir belong to the service user; files that root
+    creates there (the SQLite database and its -wal/-shm, the server keys)
+    must belong to that user too, or the server cannot open them."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        st = os.stat(settings.data_dir)
+    except OSError:
+        return None
+    if st.st_uid == 0:
+        return None
+    return st.st_uid, st.st_gid
+
+
+def _fix_ownership(settings: Settings, extra: Sequence[Optional[str]] = ()) -> None:
+    owner = _service_owner(settings)
+    if owner is None:
+        return
+    paths = [settings.server_private_key_path, settings.server_public_key_path, *extra]
+    url = settings.resolved_database_url()
+    if url.startswith("sqlite:"):
+        db_path = store.sqlite_path(url, settings.data_dir)
+        paths += [db_path, db_path + "-wal", db_path + "-shm"]
+    for p in paths:
+        if not p:
+            continue
+        try:
+            st = os.lstat(p)
+        except OSError:
+            continue
+        if st.st_uid == 0 and not stat.S_ISLNK(st.st_mode):
+            os.chown(p, *owner)
+
+
 def _write_new_file(path: str, data: str, mode: int) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     os.fchmod(fd, mode)
@@ -150,6 +189,8 @@ def cmd_init(settings: Settings, args: argparse.Namespace) -> None:
             store.migrate_schema(database)
     except pw.OperationalError as e:
         raise CtlError(f"cannot open database {store.redact_url(url)}: {str(e).strip().splitlines()[0]}") from None
+    if url.startswith("sqlite:") and path != ":memory:":
+        os.chmod(path, 0o600)  # job output and keys; SQLite gives -wal/-shm the same mode
     if before is None:
         out(f"created database schema version {store.SCHEMA_VERSION} in {store.redact_url(url)}")
     elif before < store.SCHEMA_VERSION:
@@ -181,6 +222,7 @@ def cmd_init(settings: Settings, args: argparse.Namespace) -> None:
         out(f"generated server key pair {priv_path} (0600) and {pub_path}")
 
     cert, key_path = settings.ssl_certificate, settings.ssl_certificate_key
+    _fix_ownership(settings)
     if args.tls:
         if not cert or not key_path:
             raise CtlError("--tls needs ssl_certificate and ssl_certificate_key in the settings file")
@@ -191,6 +233,7 @@ def cmd_init(settings: Settings, args: argparse.Namespace) -> None:
             raise CtlError(f"only one of {cert} and {key_path} exists; remove it or restore the other")
         else:
             _self_signed(settings.server_name, cert, key_path)
+            _fix_ownership(settings, [cert, key_path])  # the server user reads the key
             out(f"generated self-signed TLS certificate {cert} and key {key_path} (0600) for {settings.server_name}")
     elif cert and not os.path.exists(cert):
         out(f"note: {cert} does not exist; `{PROG} init --tls` makes a self-signed one")
@@ -544,12 +587,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         settings = load_settings(args.config)
         if args.verb in _NEEDS_DB:
-            store.open_database(settings)
             try:
+                store.open_database(settings)
                 with store.db.connection_context():
                     args.func(settings, args)
             finally:
                 store.close_database()
+                _fix_ownership(settings)
+        elif args.verb == "init":
+            try:
+                args.func(settings, args)
+            finally:
+                store.close_database()
+                _fix_ownership(settings)
         else:
             args.func(settings, args)
     except (CtlError, SettingsError, store.StoreError, identity.IdentityError) as e:

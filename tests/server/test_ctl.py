@@ -94,6 +94,7 @@ def test_init_creates_dir_schema_and_keys_idempotently(tmp_path):
     assert f"created {c.data_dir} (mode 0700)" in out
     assert "created database schema version" in out
     assert stat.S_IMODE(os.stat(c.data_dir).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(c.data_dir / "push-jobs-server.sqlite3").st_mode) == 0o600
     priv, pub = c.data_dir / "pushy_priv.pem", c.data_dir / "pushy_pub.pem"
     assert stat.S_IMODE(os.stat(priv).st_mode) == 0o600
     key = serialization.load_pem_private_key(priv.read_bytes(), password=None)
@@ -396,3 +397,20 @@ def test_every_verb_as_a_subprocess(tmp_path):
     assert "is not running" in c.fails("status")
     r = c.run("--help")
     assert r.returncode == 0 and "purge-jobs" in r.stdout
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to hand files to another user")
+def test_root_hands_files_in_data_dir_to_the_service_user(tmp_path):
+    """The package makes data_dir belong to the service user; root's ctl must not leave root-owned files there."""
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    c = Ctl(tmp_path, subprocess=False)
+    c.data_dir.mkdir(mode=0o700)
+    os.chown(c.data_dir, nobody.pw_uid, nobody.pw_gid)
+    c.ok("init")
+    c.ok("org-create", "acme")
+    for name in os.listdir(c.data_dir):
+        st = os.stat(c.data_dir / name)
+        assert (st.st_uid, st.st_gid) == (nobody.pw_uid, nobody.pw_gid), name
+    assert stat.S_IMODE(os.stat(c.data_dir / "pushy_priv.pem").st_mode) == 0o600
