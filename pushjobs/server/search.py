@@ -34,9 +34,12 @@ Query syntax (Lucene as used by Chef):
   every node except the matches, as in Chef;
 * `\\` escapes a special character; `^boost` is accepted and ignored.
 
-Matching is case-insensitive for field names and values (Chef's index
-lower-cases its `content` tokens). A phrase matches a value equal to it or
-starting with it followed by whitespace (the index is whitespace-tokenized).
+Matching is case-sensitive for field names and values, as on a Chef
+server (`platform:Debian` does not match `debian`; see chef/chef-server#2817
+and chef/chef#5969): a job must never reach more nodes than the same query
+selects in Chef. Use wildcards or OR for variants. A phrase matches a value
+equal to it or starting with it followed by whitespace (Chef's index is
+whitespace-tokenized).
 
 A malformed query raises `QueryError` carrying the 0-based character
 position of the problem; the API maps it to a 400.
@@ -121,10 +124,9 @@ def _flatten(keys: list[str], obj: Any, out: dict[str, set[str]]) -> None:
 def _add(keys: list[str], value: str, out: dict[str, set[str]]) -> None:
     if not keys:
         return
-    value = value.lower()
-    out.setdefault(SEP.join(keys).lower(), set()).add(value)
+    out.setdefault(SEP.join(keys), set()).add(value)
     if len(keys) > 1:
-        out.setdefault(keys[-1].lower(), set()).add(value)
+        out.setdefault(keys[-1], set()).add(value)
 
 
 def split_run_list(run_list: Iterable[Any]) -> tuple[list[str], list[str]]:
@@ -144,7 +146,7 @@ def split_run_list(run_list: Iterable[Any]) -> tuple[list[str], list[str]]:
 
 
 def expand_node(node: Mapping[str, Any]) -> dict[str, set[str]]:
-    """The searchable fields of a node in Chef's JSON shape: field -> lower-cased values."""
+    """The searchable fields of a node in Chef's JSON shape: field -> values (as strings)."""
     attrs: Any = {}
     for level in ("default", "normal", "override", "automatic"):
         part = node.get(level)
@@ -188,9 +190,9 @@ class Query:
 
 @dataclass(frozen=True)
 class Pattern:
-    """A term or field name: literal text or a `*`/`?` wildcard pattern, lower-cased."""
+    """A term or field name: literal text or a `*`/`?` wildcard pattern (case-sensitive)."""
 
-    text: str  # lower-cased, for display and literal compare
+    text: str  # the literal text (for display and literal compare)
     regex: Optional["re.Pattern[str]"] = None  # set when it has wildcards
 
     def match(self, s: str) -> bool:
@@ -205,7 +207,7 @@ class Pattern:
 
 def _pattern(parts: Sequence[tuple[str, bool]]) -> Pattern:
     """parts: (char, escaped). Unescaped `*`/`?` are wildcards."""
-    text = "".join(c for c, _ in parts).lower()
+    text = "".join(c for c, _ in parts)
     if not any(c in "*?" and not esc for c, esc in parts):
         return Pattern(text)
     rx = []
@@ -215,7 +217,7 @@ def _pattern(parts: Sequence[tuple[str, bool]]) -> Pattern:
         elif not esc and c == "?":
             rx.append(".")
         else:
-            rx.append(re.escape(c.lower()))
+            rx.append(re.escape(c))
     return Pattern(text, re.compile("".join(rx), re.DOTALL))
 
 
@@ -258,7 +260,7 @@ class Term(Query):
 @dataclass(frozen=True)
 class Phrase(Query):
     field: Optional[Pattern]
-    text: str  # lower-cased
+    text: str
 
     def matches(self, doc: Doc) -> bool:
         t = self.text
@@ -670,12 +672,12 @@ class _Parser:
                 return MatchAll()
             return Term(fpat, value)
         if t.kind == "PHRASE":
-            return Phrase(fpat, t.text.lower())
+            return Phrase(fpat, t.text)
         if t.kind == "RANGE":
             assert t.range is not None
             lo, hi, il, ih = t.range
-            los = "".join(c for c, _ in lo).lower()
-            his = "".join(c for c, _ in hi).lower()
+            los = "".join(c for c, _ in lo)
+            his = "".join(c for c, _ in hi)
             open_lo = lo == [("*", False)]
             open_hi = hi == [("*", False)]
             return Range(fpat, None if open_lo else los, None if open_hi else his, il, ih)
