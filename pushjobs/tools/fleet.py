@@ -1,0 +1,938 @@
+"""`pushjobs-fleet`: N simulated nodes speaking the real protocol to one server.
+
+Each simulated node is a real `pushjobs.agent.session.NodeSession` (the
+agent's own protocol code: Chef-signed config handshake, session key
+decryption, CurveZMQ DEALER, SUB, HMAC signing, heartbeats, server liveness,
+reconfigure on restart) driven by a `SimulatedRunner` instead of the agent's
+process runner. The runner is the agent's job FSM (`pushjobs.core.agent`),
+with "processes" that are timers, and a scripted behaviour per node:
+
+  succeed     ack commit and run, report `succeeded` after `--run-time`
+  fail        same, report `failed`
+  nack        refuse every commit (`nack_commit`)
+  slow        succeed after `--slow-time`
+  silent      never answer commit or run (still heartbeats and answers abort)
+  disconnect  on commit, vanish (close both sockets, stop heartbeating);
+              with `--rejoin-after S` a fresh agent process comes back S later
+
+A mix is written `succeed=90,fail=5,nack=5` (weights; nodes are assigned in
+order, deterministically). `--latency S` delays every reply.
+
+Clients come from `push-jobs-server-ctl client-create --org ORG --count N
+--prefix P --public-key PEM` (P1..PN sharing one key): give the same
+`--prefix`, `--count` and the private key.
+
+Many nodes share one process and one selector loop (`pushjobs.agent.loop`);
+`--processes K` splits the fleet over K worker processes. Start-up is spread
+over `--ramp` seconds. Every `--report-interval` seconds one line reports how
+many nodes are connected (socket up), confirmed (a valid message came back on
+the command port), idle/committed/running, and what the server itself says
+(`pushjobs_nodes_online/available` from its unauthenticated /pushy/_metrics).
+`--stats-file` appends the same as JSON lines for the benchmarks.
+
+Safety: the simulator only ever talks to the loopback interface. The server
+URL and the ZeroMQ addresses the server hands out must be 127.0.0.0/8,
+::1 or localhost, proxies from the environment are ignored, and it stops by
+itself after `--duration` seconds.
+
+Adapters (the smallest ones this file needs around the agent's code, kept
+here; see docs/performance.md):
+* `FleetContext`: in `--sub shared` mode every session's SUB socket is a
+  stand-in fed by ONE real SUB per process, so the server sees N command
+  connections but only K heartbeat connections (the server's open-file limit
+  on this machine is 20,000: 10,000 nodes cannot each hold two TCP
+  connections). The session still decodes and verifies every heartbeat.
+* `FleetSession`: refuses non-loopback ZeroMQ addresses before connecting,
+  and memoizes the RSA verification of server heartbeats (the same signed
+  bytes reach every session of a process; verifying them once instead of N
+  times saves ~0.5 ms of CPU per node per heartbeat).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import heapq
+import ipaddress
+import json
+import logging
+import multiprocessing
+import os
+import random
+import select
+import signal
+import sys
+import threading
+import time
+import urllib.parse
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+import zmq
+
+from pushjobs.agent.chef_http import ChefHTTP
+from pushjobs.agent.loop import EventLoop
+from pushjobs.agent.session import CONNECTED, NodeIdentity, NodeSession, SessionOptions
+from pushjobs.core import actions as A
+from pushjobs.core.agent import AgentFSM, JobOptions
+
+log = logging.getLogger("pushjobs.fleet")
+
+BEHAVIOURS = ("succeed", "fail", "nack", "slow", "silent", "disconnect")
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
+HEARTBEAT_CACHE_SIZE = 16
+
+
+class FleetError(Exception):
+    """Bad fleet options (a clear message for the command line)."""
+
+
+# --------------------------------------------------------------------------------------
+# Loopback only
+
+
+def is_loopback_host(host: Optional[str]) -> bool:
+    """True for localhost, 127.0.0.0/8 and ::1 (no name resolution: names other than localhost are refused)."""
+    if not host:
+        return False
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_loopback_url(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise FleetError(f"server URL must be http(s)://127.0.0.1:PORT, got {url!r}")
+    if not is_loopback_host(parts.hostname):
+        raise FleetError(f"the fleet simulator only talks to the loopback interface; {parts.hostname!r} is not")
+    return url.rstrip("/")
+
+
+def zmq_address_is_loopback(addr: str) -> bool:
+    """tcp://HOST:PORT with a loopback HOST (or ipc/inproc, which never leave the machine)."""
+    scheme, _, rest = addr.partition("://")
+    if scheme in ("ipc", "inproc"):
+        return True
+    if scheme != "tcp" or not rest:
+        return False
+    host = rest.rsplit(":", 1)[0]
+    return is_loopback_host(host)
+
+
+# --------------------------------------------------------------------------------------
+# Behaviours
+
+
+@dataclass(frozen=True)
+class Behaviour:
+    """What one simulated node does with jobs."""
+
+    kind: str = "succeed"
+    run_time: float = 0.0  # s between ack_run and the result
+    slow_time: float = 5.0  # run time of "slow"
+    latency: float = 0.0  # s before every reply
+    rejoin_after: Optional[float] = None  # "disconnect": come back after this many seconds
+
+
+def parse_mix(spec: str) -> list[tuple[str, int]]:
+    """`succeed` or `succeed=90,fail=5,nack=5` → [(kind, weight), ...]."""
+    out: list[tuple[str, int]] = []
+    for part in (p.strip() for p in spec.split(",")):
+        if not part:
+            continue
+        kind, _, weight = part.partition("=")
+        kind = kind.strip()
+        if kind not in BEHAVIOURS:
+            raise FleetError(f"unknown behaviour {kind!r} (one of {', '.join(BEHAVIOURS)})")
+        try:
+            w = int(weight) if weight else 1
+        except ValueError:
+            raise FleetError(f"behaviour weight must be an integer: {part!r}") from None
+        if w < 0:
+            raise FleetError(f"behaviour weight must be >= 0: {part!r}")
+        out.append((kind, w))
+    if not out or sum(w for _, w in out) == 0:
+        raise FleetError(f"empty behaviour mix: {spec!r}")
+    return out
+
+
+def assign_behaviours(mix: list[tuple[str, int]], n: int) -> list[str]:
+    """Deterministic assignment: node i gets the kind whose cumulative share covers i (largest remainder)."""
+    total = sum(w for _, w in mix)
+    counts = [n * w // total for _, w in mix]
+    rest = n - sum(counts)
+    order = sorted(range(len(mix)), key=lambda i: -((n * mix[i][1]) % total))
+    for i in order[:rest]:
+        counts[i] += 1
+    out: list[str] = []
+    for (kind, _), c in zip(mix, counts):
+        out += [kind] * c
+    return out
+
+
+class SimulatedRunner:
+    """A `JobHandler` for NodeSession: the agent's job FSM with timers instead of processes."""
+
+    def __init__(self, node: str, behaviour: Behaviour, loop: EventLoop, fleet: "Fleet"):
+        self.node = node
+        self.behaviour = behaviour
+        self.loop = loop
+        self.fleet = fleet
+        self.fsm = AgentFSM(node)
+        self.session: Optional[NodeSession] = None
+        self._process: Optional[Any] = None  # the TimerHandle of the simulated process
+        self._reply_at = 0.0
+
+    # JobHandler
+    def attach(self, session: NodeSession) -> None:
+        self.session = session
+
+    def heartbeat_fields(self) -> dict[str, Any]:
+        return self.fsm.heartbeat_fields()
+
+    def handle(self, msg_type: str, body: dict[str, Any], now: float) -> None:
+        b = self.behaviour
+        self.fleet.count(f"received_{msg_type}")
+        if msg_type == "commit":
+            if b.kind == "silent":
+                return
+            if b.kind == "disconnect":
+                self.fleet.disconnect(self)
+                return
+            refusal = "simulated refusal" if b.kind == "nack" else None
+            options: Optional[JobOptions] = None
+            try:
+                options = JobOptions.from_commit(body)
+            except ValueError as exc:
+                refusal = str(exc)
+            acts = self.fsm.commit(body.get("job_id"), body.get("command"), options, now, refusal=refusal)
+        elif msg_type == "run":
+            if b.kind == "silent":
+                return
+            acts = self.fsm.run(body.get("job_id"), now)
+        elif msg_type == "abort":
+            acts = self.fsm.abort(now)
+        else:
+            return
+        self._carry_out(acts)
+
+    def _carry_out(self, acts: list) -> None:
+        for a in acts:
+            if isinstance(a, A.Send):
+                self._reply(a.type, dict(a.fields))
+            elif isinstance(a, A.StartProcess):
+                self._start(a.job_id)
+            elif isinstance(a, A.KillProcess):
+                if self._process is not None:
+                    self._process.cancel()
+                    self._process = None
+
+    def _reply(self, msg_type: str, fields: dict[str, Any]) -> None:
+        session = self.session
+        if session is None:
+            return
+        latency = self.behaviour.latency
+        if latency <= 0:
+            self._send(session, msg_type, fields)
+            return
+        # keep replies in order even when a later one is produced sooner
+        at = max(self.loop.clock() + latency, self._reply_at)
+        self._reply_at = at
+        self.loop.call_later(at - self.loop.clock(), lambda: self._send(session, msg_type, fields))
+
+    def _send(self, session: NodeSession, msg_type: str, fields: dict[str, Any]) -> None:
+        if session is not self.session:
+            return  # this node disconnected meanwhile
+        session.send(msg_type, fields)
+        self.fleet.count(f"sent_{msg_type}")
+
+    def _start(self, job_id: str) -> None:
+        b = self.behaviour
+        duration = b.slow_time if b.kind == "slow" else b.run_time
+        status = 1 if b.kind == "fail" else 0
+
+        def exited() -> None:
+            self._process = None
+            out = f"simulated {b.kind} on {self.node}\n"
+            acts = self.fsm.process_exited(job_id, status, out, "", self.loop.clock())
+            self._carry_out(acts)
+
+        self._process = self.loop.call_later(duration, exited)
+
+
+# --------------------------------------------------------------------------------------
+# Adapters around the agent's session code
+
+
+class _SharedSub:
+    """Stands in for one session's SUB socket; frames come from the process's one real SUB."""
+
+    def __init__(self, hub: "HeartbeatHub"):
+        self.hub = hub
+        self.inbox: collections.deque = collections.deque(maxlen=64)
+        self.addr: Optional[str] = None
+        self.closed = False
+
+    def setsockopt(self, *args: Any) -> None:
+        pass
+
+    def connect(self, addr: str) -> None:
+        self.addr = addr
+        self.hub.attach(self, addr)
+
+    def recv_multipart(self, flags: int = 0, **kw: Any) -> list[bytes]:
+        if self.inbox:
+            return self.inbox.popleft()
+        raise zmq.Again()
+
+    def close(self, linger: Optional[int] = None) -> None:
+        if not self.closed:
+            self.closed = True
+            self.hub.detach(self)
+
+
+class HeartbeatHub:
+    """One real SUB per server heartbeat address, fanned out to every session's stand-in."""
+
+    def __init__(self, loop: "FleetLoop", context: zmq.Context):
+        self.loop = loop
+        self.context = context
+        self.subs: dict[str, zmq.Socket] = {}
+        self.members: dict[str, set[_SharedSub]] = collections.defaultdict(set)
+        self.callbacks: dict[_SharedSub, Callable[[], None]] = {}
+
+    def attach(self, stand_in: _SharedSub, addr: str) -> None:
+        if not zmq_address_is_loopback(addr):
+            raise FleetError(f"refusing to connect to non-loopback address {addr}")
+        self.members[addr].add(stand_in)
+        if addr not in self.subs:
+            sub = self.context.socket(zmq.SUB)
+            sub.setsockopt(zmq.LINGER, 0)
+            sub.setsockopt(zmq.SUBSCRIBE, b"")
+            sub.connect(addr)
+            self.subs[addr] = sub
+            self.loop.add_reader(sub, lambda: self._dispatch(addr))
+
+    def detach(self, stand_in: _SharedSub) -> None:
+        self.callbacks.pop(stand_in, None)
+        if stand_in.addr is not None:
+            self.members[stand_in.addr].discard(stand_in)
+
+    def _dispatch(self, addr: str) -> None:
+        sub = self.subs.get(addr)
+        if sub is None:
+            return
+        batch = []
+        while len(batch) < 100:
+            try:
+                batch.append(sub.recv_multipart(flags=zmq.NOBLOCK))
+            except zmq.Again:
+                break
+        if not batch:
+            return
+        for m in list(self.members.get(addr, ())):
+            cb = self.callbacks.get(m)
+            if cb is None:
+                continue
+            m.inbox.extend(batch)
+            try:
+                cb()
+            except Exception:  # one session must not stop the fan-out
+                log.exception("heartbeat fan-out callback failed")
+
+    def close(self) -> None:
+        for sub in self.subs.values():
+            self.loop.remove_reader(sub)
+            sub.close(linger=0)
+        self.subs.clear()
+
+
+class FleetContext:
+    """A zmq.Context look-alike for the sessions: real DEALERs, stand-in SUBs in shared mode."""
+
+    def __init__(self, context: zmq.Context, hub: Optional[HeartbeatHub]):
+        self._context = context
+        self.hub = hub
+
+    def socket(self, socket_type: int, **kw: Any) -> Any:
+        if socket_type == zmq.SUB and self.hub is not None:
+            return _SharedSub(self.hub)
+        return self._context.socket(socket_type, **kw)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+
+class FleetLoop(EventLoop):
+    """The agent's loop with an epoll poller, for thousands of sockets in one process.
+
+    The agent's `EventLoop` hands every registered socket to `zmq_poll` on
+    every iteration: O(sockets) per wake-up, and with thousands of heartbeat
+    timers spread over a second it wakes up about every millisecond. Here
+    each ZeroMQ socket's notification fd (ZMQ_FD) sits in an epoll set, so a
+    wake-up costs O(sockets with news). ZMQ_FD only says "look at
+    ZMQ_EVENTS", and a send can swallow the notification of a message that
+    arrived meanwhile, so a socket is also re-checked after every send
+    (`mark`) and after its callback, and all sockets once a second (a safety
+    net). Stand-in SUB sockets (shared mode) are fed by the hub instead.
+    """
+
+    SWEEP_INTERVAL = 1.0
+
+    def __init__(self, *args: Any, **kw: Any):
+        super().__init__(*args, **kw)
+        self._epoll = select.epoll()
+        self._epoll.register(self._wake_r, select.EPOLLIN)
+        self._fd_of: dict[Any, int] = {}
+        self._sock_of: dict[int, Any] = {}
+        self._dirty: set = set()
+        self._next_sweep = 0.0
+
+    def add_reader(self, sock: Any, callback: Callable[[], None]) -> None:
+        if isinstance(sock, _SharedSub):
+            sock.hub.callbacks[sock] = callback
+            return
+        self.remove_reader(sock)
+        fd = sock.getsockopt(zmq.FD) if isinstance(sock, zmq.Socket) else int(sock)
+        self._readers[sock] = callback
+        self._fd_of[sock] = fd
+        self._sock_of[fd] = sock
+        self._epoll.register(fd, select.EPOLLIN)
+        self._dirty.add(sock)  # messages may be queued already
+
+    def remove_reader(self, sock: Any) -> None:
+        if isinstance(sock, _SharedSub):
+            sock.hub.callbacks.pop(sock, None)
+            return
+        self._readers.pop(sock, None)
+        self._dirty.discard(sock)
+        fd = self._fd_of.pop(sock, None)
+        if fd is not None:
+            self._sock_of.pop(fd, None)
+            try:
+                self._epoll.unregister(fd)
+            except (OSError, ValueError):
+                pass
+
+    def mark(self, sock: Any) -> None:
+        """Check `sock` for input on the next iteration (after a send on it)."""
+        if sock in self._readers:
+            self._dirty.add(sock)
+
+    def _readable(self, sock: Any) -> bool:
+        if not isinstance(sock, zmq.Socket):
+            return True
+        try:
+            return bool(sock.getsockopt(zmq.EVENTS) & zmq.POLLIN)
+        except zmq.ZMQError:
+            return False
+
+    def _run_once(self) -> None:
+        timeout = 1.0
+        if self._calls or self._dirty:
+            timeout = 0.0
+        elif self._timers:
+            timeout = max(0.0, min(1.0, self._timers[0][0] - self.clock()))
+        try:
+            events = self._epoll.poll(timeout)
+        except InterruptedError:
+            events = []
+        ready, self._dirty = self._dirty, set()
+        for fd, _ in events:
+            if fd == self._wake_r:
+                try:
+                    while os.read(self._wake_r, 4096):
+                        pass
+                except (BlockingIOError, OSError):
+                    pass
+                continue
+            sock = self._sock_of.get(fd)
+            if sock is not None:
+                ready.add(sock)
+        now = self.clock()
+        if now >= self._next_sweep:
+            self._next_sweep = now + self.SWEEP_INTERVAL
+            ready.update(self._readers)
+        for sock in ready:
+            callback = self._readers.get(sock)
+            if callback is not None and self._readable(sock):
+                self._guard(callback)
+                if sock in self._readers and self._readable(sock):
+                    self._dirty.add(sock)
+        while self._calls:
+            self._guard(self._calls.popleft())
+        now = self.clock()
+        while self._timers and self._timers[0][0] <= now:
+            _, _, handle = heapq.heappop(self._timers)
+            if not handle.cancelled:
+                self._guard(handle.fn)
+
+    def close(self) -> None:
+        super().close()
+        try:
+            self._epoll.close()
+        except OSError:
+            pass
+
+
+class FleetSession(NodeSession):
+    """NodeSession + loopback check + memoized verification of server heartbeats."""
+
+    fleet: "Fleet"
+
+    def _connect(self, config: Any) -> None:
+        bad = [a for a in (config.out_addr, config.command_addr) if not zmq_address_is_loopback(a)]
+        if bad:
+            self.fleet.count("refused_address")
+            self.log.error("[%s] the server sent non-loopback addresses %s: not connecting", self.node, bad)
+            self.stop()
+            return
+        super()._connect(config)
+
+    def send(self, msg_type: str, fields: dict[str, Any]) -> bool:
+        ok = super().send(msg_type, fields)
+        conn = self._conn
+        if conn is not None and isinstance(self.loop, FleetLoop):
+            self.loop.mark(conn.dealer)  # a send may swallow the dealer's input notification
+        return ok
+
+    def _decode(self, frames: list[bytes], channel: str) -> Optional[dict[str, Any]]:
+        if channel != "heartbeat" or len(frames) != 2:
+            return super()._decode(frames, channel)
+        cache = self.fleet.heartbeat_cache
+        key = (bytes(frames[0]), bytes(frames[1]))
+        body = cache.get(key)
+        if body is None:
+            body = super()._decode(frames, channel)
+            if body is not None:
+                cache[key] = body
+                while len(cache) > HEARTBEAT_CACHE_SIZE:
+                    cache.pop(next(iter(cache)))
+            return body
+        return dict(body)
+
+
+# --------------------------------------------------------------------------------------
+# The fleet (one process)
+
+
+@dataclass
+class FleetOptions:
+    server_url: str  # http://127.0.0.1:PORT (the org path is added)
+    org: str
+    prefix: str
+    count: int
+    key_path: str
+    first: int = 1  # the first index of this process's slice
+    behaviour: str = "succeed"
+    run_time: float = 0.0
+    slow_time: float = 5.0
+    latency: float = 0.0
+    rejoin_after: Optional[float] = None
+    ramp: float = 10.0
+    shared_sub: bool = False
+    command_check_timeout: float = 3.0
+    restart_splay: float = 10.0
+    reconnect_min_delay: float = 1.0
+    reconnect_max_delay: float = 30.0
+    http_timeout: float = 10.0
+    workers: int = 4  # HTTP (config handshake) threads
+    seed: int = 0
+
+    @property
+    def chef_server_url(self) -> str:
+        return f"{self.server_url.rstrip('/')}/organizations/{self.org}"
+
+
+@dataclass
+class FleetStats:
+    """A snapshot of one fleet (or the sum of several)."""
+
+    nodes: int = 0
+    connected: int = 0
+    confirmed: int = 0  # a valid message came back on the command port
+    idle: int = 0
+    committed: int = 0
+    running: int = 0
+    counters: dict[str, int] = field(default_factory=dict)
+
+    def add(self, other: "FleetStats") -> "FleetStats":
+        c = collections.Counter(self.counters)
+        c.update(other.counters)
+        return FleetStats(self.nodes + other.nodes, self.connected + other.connected,
+                          self.confirmed + other.confirmed, self.idle + other.idle,
+                          self.committed + other.committed, self.running + other.running, dict(c))
+
+
+def _load_private_key(path: str) -> Any:
+    from pushjobs.protocol.keys import load_private_key
+
+    try:
+        with open(path, "rb") as fh:
+            return load_private_key(fh.read())
+    except OSError as exc:
+        raise FleetError(f"cannot read the client key {path}: {exc.strerror}") from None
+    except Exception as exc:  # noqa: BLE001 - a clear message instead of a traceback
+        raise FleetError(f"{path} is not an RSA private key: {exc}") from None
+
+
+class Fleet:
+    """`count` simulated nodes PREFIX<first>..PREFIX<first+count-1> on one loop thread."""
+
+    def __init__(self, opts: FleetOptions, private_key: Any = None):
+        check_loopback_url(opts.server_url)
+        if opts.count < 1:
+            raise FleetError("--count must be at least 1")
+        for var in PROXY_VARIABLES:  # loopback only: never through a proxy
+            os.environ.pop(var, None)
+        self.opts = opts
+        self.private_key = private_key if private_key is not None else _load_private_key(opts.key_path)
+        self.zmq_context = zmq.Context(io_threads=1)
+        self.zmq_context.set(zmq.MAX_SOCKETS, max(1024, 4 * opts.count + 64))
+        self.loop = FleetLoop(context=self.zmq_context, workers=opts.workers)
+        self.hub = HeartbeatHub(self.loop, self.zmq_context) if opts.shared_sub else None
+        self.loop.context = FleetContext(self.zmq_context, self.hub)
+        self.heartbeat_cache: dict[tuple[bytes, bytes], dict] = {}
+        self.counters: collections.Counter = collections.Counter()
+        self.rng = random.Random(opts.seed + opts.first)
+        import requests
+
+        self.http = requests.Session()
+        self.http.trust_env = False
+        kinds = assign_behaviours(parse_mix(opts.behaviour), opts.count)
+        self.runners: list[SimulatedRunner] = []
+        self.sessions: list[FleetSession] = []
+        self.session_options = SessionOptions(
+            allow_unencrypted=False, http_timeout=opts.http_timeout, tls_verify=False,
+            reconnect_min_delay=opts.reconnect_min_delay, reconnect_max_delay=opts.reconnect_max_delay,
+            restart_splay=opts.restart_splay, command_check_timeout=opts.command_check_timeout,
+            report_facts=False)
+        for i, kind in enumerate(kinds):
+            name = f"{opts.prefix}{opts.first + i}"
+            b = Behaviour(kind, opts.run_time, opts.slow_time, opts.latency, opts.rejoin_after)
+            runner = SimulatedRunner(name, b, self.loop, self)
+            self.runners.append(runner)
+            self.sessions.append(self._new_session(runner))
+        self._thread: Optional[threading.Thread] = None
+
+    def _new_session(self, runner: SimulatedRunner) -> FleetSession:
+        ident = NodeIdentity(node_name=runner.node, org=self.opts.org,
+                             chef_server_url=self.opts.chef_server_url,
+                             private_key=self.private_key, client_name=runner.node)
+        s = FleetSession(self.loop, ident, runner, self.session_options,
+                         rng=random.Random(self.rng.random()))
+        s.fleet = self
+        # one shared keep-alive HTTP session per process, proxies ignored
+        s._http = ChefHTTP(ident.chef_server_url, ident.node_name, ident.private_key,
+                           verify=False, timeout=self.opts.http_timeout, session=self.http)
+        self.http.trust_env = False
+        return s
+
+    # --- running ---------------------------------------------------------------
+    def count(self, name: str, n: int = 1) -> None:
+        self.counters[name] += n
+
+    def start(self) -> None:
+        """Start the loop thread and spread the sessions' start over `ramp` seconds."""
+        n = len(self.sessions)
+        ramp = max(0.0, self.opts.ramp)
+
+        def schedule() -> None:
+            for i, s in enumerate(self.sessions):
+                s.start(delay=ramp * i / n if n > 1 else 0.0)
+
+        self.loop.call_soon_threadsafe(schedule)
+        self._thread = self.loop.start_thread(name=f"fleet-{self.opts.first}")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Close every session and the loop (nodes vanish without a word, like a power cut)."""
+        done = threading.Event()
+
+        def close_all() -> None:
+            try:
+                for s in self.sessions:
+                    s.stop()
+                if self.hub is not None:
+                    self.hub.close()
+            finally:
+                done.set()
+                self.loop.stop()
+
+        if self._thread is not None and self._thread.is_alive():
+            self.loop.call_soon_threadsafe(close_all)
+            done.wait(timeout)
+            self._thread.join(timeout)
+        self.loop.close()
+        self.http.close()
+        self.zmq_context.term()
+
+    def disconnect(self, runner: SimulatedRunner) -> None:
+        """Behaviour "disconnect": the node vanishes; with rejoin_after a new agent process comes back."""
+        idx = self.runners.index(runner)
+        old = self.sessions[idx]
+        runner.session = None
+        old.stop()
+        self.count("disconnects")
+        if runner.behaviour.rejoin_after is not None:
+            def rejoin() -> None:
+                fresh = SimulatedRunner(runner.node, Behaviour("succeed", runner.behaviour.run_time,
+                                                               runner.behaviour.slow_time,
+                                                               runner.behaviour.latency), self.loop, self)
+                self.runners[idx] = fresh
+                self.sessions[idx] = s = self._new_session(fresh)
+                s.start()
+                self.count("rejoins")
+
+            self.loop.call_later(runner.behaviour.rejoin_after, rejoin)
+
+    def stats(self) -> FleetStats:
+        """A snapshot (read from another thread: approximate while the loop runs)."""
+        st = FleetStats(nodes=len(self.sessions))
+        agg: collections.Counter = collections.Counter(self.counters)
+        for s, r in zip(list(self.sessions), list(self.runners)):
+            if s.phase == CONNECTED:
+                st.connected += 1
+                if s.command_channel_ok:
+                    st.confirmed += 1
+            state = r.fsm.state
+            if state == "idle":
+                st.idle += 1
+            elif state == "committed":
+                st.committed += 1
+            elif state == "running":
+                st.running += 1
+            agg.update(s.stats)
+        st.counters = dict(agg)
+        return st
+
+
+# --------------------------------------------------------------------------------------
+# Several processes
+
+
+def _worker_main(opts: FleetOptions, queue: Any, stop_event: Any, report_interval: float) -> None:
+    """A worker process: run one Fleet slice, push stats snapshots until told to stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    fleet = Fleet(opts)
+    fleet.start()
+    try:
+        while not stop_event.wait(report_interval):
+            queue.put((opts.first, asdict(fleet.stats())))
+    finally:
+        queue.put((opts.first, asdict(fleet.stats())))
+        fleet.stop()
+
+
+class MultiFleet:
+    """The fleet split over `processes` worker processes (fork), stats aggregated here."""
+
+    def __init__(self, opts: FleetOptions, processes: int, report_interval: float = 1.0):
+        check_loopback_url(opts.server_url)
+        _load_private_key(opts.key_path)  # fail early, in the parent
+        self.opts = opts
+        self.report_interval = report_interval
+        ctx = multiprocessing.get_context("fork")
+        self.queue = ctx.Queue()
+        self.stop_event = ctx.Event()
+        self.latest: dict[int, FleetStats] = {}
+        self.procs = []
+        processes = max(1, min(processes, opts.count))
+        base, extra = divmod(opts.count, processes)
+        first = opts.first
+        for i in range(processes):
+            n = base + (1 if i < extra else 0)
+            sub = FleetOptions(**{**asdict(opts), "first": first, "count": n})
+            first += n
+            p = ctx.Process(target=_worker_main, args=(sub, self.queue, self.stop_event, report_interval),
+                            name=f"fleet-worker-{i}", daemon=True)
+            self.procs.append(p)
+
+    def start(self) -> None:
+        for p in self.procs:
+            p.start()
+
+    def poll(self, timeout: float = 0.0) -> None:
+        """Collect the workers' snapshots for `timeout` seconds (0: only what is waiting)."""
+        import queue as _q
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                first, d = self.queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except _q.Empty:
+                return
+            self.latest[first] = FleetStats(**d)
+
+    def stats(self) -> FleetStats:
+        total = FleetStats()
+        for st in self.latest.values():
+            total = total.add(st)
+        return total
+
+    def stop(self, timeout: float = 15.0) -> None:
+        self.stop_event.set()
+        deadline = time.monotonic() + timeout
+        for p in self.procs:
+            p.join(max(0.1, deadline - time.monotonic()))
+            self.poll(0.0)
+        for p in self.procs:
+            if p.is_alive():
+                p.kill()
+                p.join(2)
+
+
+# --------------------------------------------------------------------------------------
+# Server view and the command line
+
+
+def server_view(server_url: str, timeout: float = 2.0) -> dict[str, float]:
+    """`pushjobs_nodes_online`/`_available` and a few more from the server's /pushy/_metrics."""
+    import requests
+
+    check_loopback_url(server_url)
+    s = requests.Session()
+    s.trust_env = False
+    try:
+        r = s.get(server_url.rstrip("/") + "/pushy/_metrics", timeout=timeout, verify=False)
+        if r.status_code != 200:
+            return {}
+        return parse_metrics_text(r.text)
+    except requests.RequestException:
+        return {}
+    finally:
+        s.close()
+
+
+def parse_metrics_text(text: str) -> dict[str, float]:
+    """Unlabelled samples (plus `name{labels}` keys) of a Prometheus text page."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name, _, val = line.rpartition(" ")
+        try:
+            out[name] = float(val)
+        except ValueError:
+            continue
+    return out
+
+
+def format_report(elapsed: float, st: FleetStats, view: dict[str, float]) -> str:
+    c = st.counters
+    srv = ""
+    if view:
+        srv = (f" | server: online {int(view.get('pushjobs_nodes_online', 0))}"
+               f" available {int(view.get('pushjobs_nodes_available', 0))}")
+    return (f"[{elapsed:7.1f}s] nodes {st.nodes} connected {st.connected} confirmed {st.confirmed}"
+            f" idle {st.idle} committed {st.committed} running {st.running}"
+            f" | hb sent {c.get('heartbeats_sent', 0)} srv hb {c.get('server_heartbeats', 0)}"
+            f" reconf {c.get('reconfigures', 0)} cfg fail {c.get('config_failures', 0)}"
+            f" send fail {c.get('send_failures', 0)} dropped {c.get('dropped', 0)}{srv}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="pushjobs-fleet",
+        description="Simulate N push-jobs nodes (real protocol) against a server on this machine.")
+    p.add_argument("--server-url", default="http://127.0.0.1:10003",
+                   help="the push-jobs server API, loopback only (default http://127.0.0.1:10003)")
+    p.add_argument("--org", required=True, help="organization of the clients")
+    p.add_argument("--prefix", required=True, help="client name prefix (ctl client-create --count N --prefix P)")
+    p.add_argument("--count", "-n", type=int, required=True, help="number of nodes (P1..PN)")
+    p.add_argument("--first", type=int, default=1, help="index of the first node (default 1)")
+    p.add_argument("--key", required=True, help="the clients' shared RSA private key (PEM)")
+    p.add_argument("--processes", type=int, default=1, help="worker processes (default 1: in this process)")
+    p.add_argument("--ramp", type=float, default=10.0, help="spread the start-up over this many seconds")
+    p.add_argument("--behaviour", "--behavior", default="succeed",
+                   help=f"one of {', '.join(BEHAVIOURS)}, or a weighted mix like succeed=90,fail=5,nack=5")
+    p.add_argument("--run-time", type=float, default=0.0, help="seconds a simulated job runs (default 0)")
+    p.add_argument("--slow-time", type=float, default=5.0, help="run time of the 'slow' behaviour (default 5)")
+    p.add_argument("--latency", type=float, default=0.0, help="seconds before every reply (default 0)")
+    p.add_argument("--rejoin-after", type=float, default=None,
+                   help="'disconnect' nodes come back (new incarnation) after this many seconds")
+    p.add_argument("--sub", choices=("per-node", "shared"), default="per-node",
+                   help="one SUB socket per node (like real agents), or one per process (fewer server fds)")
+    p.add_argument("--command-check-timeout", type=float, default=3.0,
+                   help="seconds without a command-port message before a reconfigure (agent default 3)")
+    p.add_argument("--restart-splay", type=float, default=10.0,
+                   help="max random delay before reconnecting after a server restart (agent default 10)")
+    p.add_argument("--http-threads", type=int, default=4, help="config handshake threads per process")
+    p.add_argument("--report-interval", type=float, default=5.0, help="seconds between report lines")
+    p.add_argument("--duration", type=float, default=600.0,
+                   help="stop by itself after this many seconds (default 600)")
+    p.add_argument("--stats-file", help="append every report as a JSON line to this file")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-v", "--verbose", action="count", default=0, help="-v: info, -vv: debug logs")
+    return p
+
+
+def options_from_args(a: argparse.Namespace) -> FleetOptions:
+    for name in ("ramp", "run_time", "slow_time", "latency", "report_interval", "duration"):
+        if getattr(a, name) < 0:
+            raise FleetError(f"--{name.replace('_', '-')} must be >= 0")
+    if a.count < 1:
+        raise FleetError("--count must be at least 1")
+    if a.processes < 1:
+        raise FleetError("--processes must be at least 1")
+    parse_mix(a.behaviour)
+    return FleetOptions(
+        server_url=check_loopback_url(a.server_url), org=a.org, prefix=a.prefix, count=a.count,
+        key_path=a.key, first=a.first, behaviour=a.behaviour, run_time=a.run_time, slow_time=a.slow_time,
+        latency=a.latency, rejoin_after=a.rejoin_after, ramp=a.ramp, shared_sub=a.sub == "shared",
+        command_check_timeout=a.command_check_timeout, restart_splay=a.restart_splay,
+        workers=max(1, a.http_threads), seed=a.seed)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    level = logging.WARNING if a.verbose == 0 else logging.INFO if a.verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        opts = options_from_args(a)
+        fleet: Any = MultiFleet(opts, a.processes, a.report_interval) if a.processes > 1 else Fleet(opts)
+    except FleetError as exc:
+        print(f"pushjobs-fleet: {exc}", file=sys.stderr)
+        return 2
+    stopping = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    t0 = time.monotonic()
+    fleet.start()
+    stats_fh = open(a.stats_file, "a", buffering=1) if a.stats_file else None
+    try:
+        while not stopping.is_set():
+            left = a.duration - (time.monotonic() - t0)
+            if left <= 0:
+                break
+            if isinstance(fleet, MultiFleet):
+                fleet.poll(min(a.report_interval, left))
+            else:
+                stopping.wait(min(a.report_interval, left))
+            st = fleet.stats()
+            view = server_view(opts.server_url)
+            elapsed = time.monotonic() - t0
+            print(format_report(elapsed, st, view), flush=True)
+            if stats_fh is not None:
+                stats_fh.write(json.dumps({"t": round(elapsed, 3), "wall": time.time(), **asdict(st),
+                                           "server": {k: v for k, v in view.items()
+                                                      if k.startswith("pushjobs_nodes")}}) + "\n")
+    finally:
+        fleet.stop()
+        if stats_fh is not None:
+            stats_fh.close()
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""The fleet simulator against a real push-jobs-server subprocess (small N, 150 ms heartbeats).
+
+The nodes are the agent's real protocol sessions: if these pass, N simulated
+nodes did the signed config handshake, CurveZMQ, heartbeats and the job
+protocol with the real server.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from pushjobs.tools.fleet import (Fleet, FleetError, FleetOptions, assign_behaviours, check_loopback_url,
+                                  is_loopback_host, main, parse_metrics_text, parse_mix,
+                                  zmq_address_is_loopback)
+from tests.helpers.server import BIN_DIR, wait_for
+
+# --------------------------------------------------------------------------------------
+# pure parts
+
+
+def test_behaviour_mix_parsing_and_deterministic_assignment():
+    assert parse_mix("succeed") == [("succeed", 1)]
+    mix = parse_mix("succeed=90, fail=5,nack=5")
+    assert mix == [("succeed", 90), ("fail", 5), ("nack", 5)]
+    kinds = assign_behaviours(mix, 100)
+    assert kinds.count("succeed") == 90 and kinds.count("fail") == 5 and kinds.count("nack") == 5
+    assert assign_behaviours(mix, 100) == kinds  # deterministic
+    odd = assign_behaviours(parse_mix("succeed=1,fail=1,nack=1"), 4)
+    assert len(odd) == 4 and set(odd) == {"succeed", "fail", "nack"}
+    for bad in ("dance", "succeed=x", "succeed=-1", "", "succeed=0"):
+        with pytest.raises(FleetError):
+            parse_mix(bad)
+
+
+def test_only_loopback_is_ever_a_target():
+    for ok in ("127.0.0.1", "127.1.2.3", "localhost", "::1", "[::1]"):
+        assert is_loopback_host(ok), ok
+    for bad in ("10.0.0.1", "192.168.1.1", "8.8.8.8", "example.com", "", None, "0.0.0.0"):
+        assert not is_loopback_host(bad), bad
+    assert check_loopback_url("http://127.0.0.1:10003/") == "http://127.0.0.1:10003"
+    for url in ("http://10.1.2.3:10003", "https://push.example.com", "ftp://127.0.0.1/"):
+        with pytest.raises(FleetError):
+            check_loopback_url(url)
+    assert zmq_address_is_loopback("tcp://127.0.0.1:10000")
+    assert not zmq_address_is_loopback("tcp://172.16.0.1:10000")
+    assert not zmq_address_is_loopback("tcp://push.example.com:10000")
+
+
+def test_fleet_refuses_a_non_loopback_server_before_any_traffic(tmp_path):
+    opts = FleetOptions(server_url="http://192.168.10.10:10003", org="o", prefix="n", count=1,
+                        key_path=str(tmp_path / "missing.pem"))
+    with pytest.raises(FleetError, match="loopback"):
+        Fleet(opts)
+
+
+def test_cli_reports_bad_options_clearly(capsys, tmp_path):
+    rc = main(["--server-url", "http://10.0.0.1:1", "--org", "o", "--prefix", "n", "--count", "1",
+               "--key", str(tmp_path / "k.pem")])
+    assert rc == 2
+    assert "loopback" in capsys.readouterr().err
+    rc = main(["--org", "o", "--prefix", "n", "--count", "1", "--key", str(tmp_path / "nope.pem"),
+               "--server-url", "http://127.0.0.1:1"])
+    assert rc == 2
+    assert "cannot read the client key" in capsys.readouterr().err
+
+
+def test_parse_metrics_text():
+    text = "# HELP x y\n# TYPE x gauge\npushjobs_nodes_online 3.0\nfoo{a=\"b\"} 2\n"
+    assert parse_metrics_text(text) == {"pushjobs_nodes_online": 3.0, 'foo{a="b"}': 2.0}
+
+
+# --------------------------------------------------------------------------------------
+# against a real server
+
+
+
+@pytest.fixture(scope="module")
+def srv(module_server_factory):
+    s = module_server_factory(heartbeat_interval=150,
+                              settings={"log_level": "info", "voting_timeout": 3})
+    s.create_org("acme")
+    return s
+
+
+@pytest.fixture(scope="module")
+def admin(srv):
+    return srv.client(srv.create_user("fleetadmin", org="acme", admin=True))
+
+
+def make_clients(srv, prefix: str, count: int) -> Path:
+    """`ctl client-create --count N --prefix P --key-out KEY`: P1..PN sharing one key."""
+    srv.keys_dir.mkdir(exist_ok=True)
+    key = srv.keys_dir / f"fleet-{prefix}.pem"
+    srv.ctl("client-create", "--org", "acme", "--count", str(count), "--prefix", prefix,
+            "--key-out", str(key))
+    return key
+
+
+def node_states(admin) -> dict[str, str]:
+    r = admin.get("node_states")
+    assert r.status_code == 200, r.text
+    return {e["node_name"]: e["availability"] for e in r.json()}
+
+
+def wait_available(admin, names, timeout: float = 20.0) -> None:
+    wait_for(lambda: all(node_states(admin).get(n) == "available" for n in names), timeout=timeout,
+             message=f"{names} available")
+
+
+@pytest.mark.e2e
+def test_fleet_nodes_connect_and_answer_a_job_by_behaviour(srv, admin):
+    key = make_clients(srv, "f", 4)
+    opts = FleetOptions(server_url=srv.base_url, org="acme", prefix="f", count=4, key_path=str(key),
+                        behaviour="succeed=2,fail=1,nack=1", ramp=0.3, latency=0.02)
+    fleet = Fleet(opts)
+    fleet.start()
+    try:
+        names = [f"f{i}" for i in range(1, 5)]
+        wait_available(admin, names)
+        st = wait_for(lambda: (lambda s: s if s.confirmed == 4 else None)(fleet.stats()), timeout=10,
+                      message="4 confirmed sessions")
+        assert st.connected == 4 and st.idle == 4
+        # heartbeats flow both ways
+        wait_for(lambda: fleet.stats().counters.get("server_heartbeats", 0) >= 8, timeout=5,
+                 message="server heartbeats received")
+        assert fleet.stats().counters.get("heartbeats_sent", 0) >= 4
+
+        job_id = admin.create_job("chef-client", names, quorum=3)
+        job = admin.wait_job(job_id, timeout=20)
+        assert job["status"] == "complete", job
+        assert sorted(job["nodes"].get("succeeded", [])) == ["f1", "f2"], job
+        assert job["nodes"].get("failed") == ["f3"]
+        assert job["nodes"].get("nacked") == ["f4"]
+        c = fleet.stats().counters
+        assert c["received_commit"] >= 4 and c["sent_nack_commit"] >= 1
+        assert c["sent_succeeded"] >= 2 and c["sent_failed"] >= 1
+        # they are idle and available again afterwards
+        wait_available(admin, names)
+    finally:
+        fleet.stop()
+
+
+@pytest.mark.e2e
+def test_shared_sub_slow_silent_and_disconnect(srv, admin):
+    key = make_clients(srv, "g", 4)
+    opts = FleetOptions(server_url=srv.base_url, org="acme", prefix="g", count=4, key_path=str(key),
+                        behaviour="slow=1,silent=1,disconnect=1,succeed=1", ramp=0.2, slow_time=0.6,
+                        rejoin_after=0.5, shared_sub=True)
+    fleet = Fleet(opts)
+    fleet.start()
+    try:
+        wait_available(admin, ["g1", "g2", "g3", "g4"])
+        # one real SUB for the process, every session still gets (and verifies) the heartbeats
+        assert fleet.hub is not None and len(fleet.hub.subs) == 1
+        wait_for(lambda: all(s.stats["server_heartbeats"] >= 2 for s in fleet.sessions), timeout=5,
+                 message="every session saw server heartbeats")
+
+        # slow: the job takes at least slow_time
+        t0 = time.monotonic()
+        job = admin.wait_job(admin.create_job("chef-client", ["g1"]), timeout=15)
+        assert job["status"] == "complete" and job["nodes"].get("succeeded") == ["g1"]
+        assert time.monotonic() - t0 >= 0.6
+
+        # silent: never votes; the voting timeout (3 s) fails the quorum
+        job = admin.wait_job(admin.create_job("chef-client", ["g2"]), timeout=15)
+        assert job["status"] == "quorum_failed" and job["nodes"].get("unavailable") == ["g2"]
+
+        # disconnect: vanishes on commit, goes offline, then rejoins as a new incarnation
+        job = admin.wait_job(admin.create_job("chef-client", ["g3"]), timeout=20)
+        assert job["status"] == "quorum_failed", job
+        wait_for(lambda: fleet.stats().counters.get("rejoins", 0) == 1, timeout=10, message="rejoin")
+        wait_available(admin, ["g3"])
+        job = admin.wait_job(admin.create_job("chef-client", ["g3", "g4"]), timeout=15)
+        assert job["status"] == "complete" and sorted(job["nodes"]["succeeded"]) == ["g3", "g4"]
+    finally:
+        fleet.stop()
+
+
+@pytest.mark.e2e
+def test_cli_with_two_processes_reports_and_stops_by_itself(srv, admin, tmp_path):
+    key = make_clients(srv, "h", 6)
+    stats = tmp_path / "stats.jsonl"
+    cmd = [str(BIN_DIR / "pushjobs-fleet"), "--server-url", srv.base_url, "--org", "acme", "--prefix", "h",
+           "--count", "6", "--key", str(key), "--processes", "2", "--ramp", "0.5",
+           "--report-interval", "0.5", "--duration", "6", "--stats-file", str(stats)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_available(admin, [f"h{i}" for i in range(1, 7)])
+        wait_for(lambda: stats.exists() and any(
+            json.loads(line)["confirmed"] == 6 and json.loads(line)["server"].get("pushjobs_nodes_available", 0) >= 6
+            for line in stats.read_text().splitlines()), timeout=10, message="a report with 6 confirmed nodes")
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, out
+    assert "nodes 6 connected 6 confirmed 6" in out
+    rows = [json.loads(line) for line in stats.read_text().splitlines()]
+    assert rows[-1]["nodes"] == 6 and rows[-1]["counters"]["heartbeats_sent"] > 6
+    # the server sees the nodes go away once the fleet has stopped
+    r = requests.get(srv.base_url + "/pushy/_status", timeout=5)
+    assert r.status_code == 200
