@@ -209,18 +209,21 @@ class NodeSession:
         self._send_failures = 0
         self._http: Optional[ChefHTTP] = None
         self._facts_unsupported: Optional[str] = None  # server incarnation that said 404/405
+        self._fetch_due = 0.0
+        self._watch: Any = None  # SUB kept open while waiting to reconnect (see _open_watch)
         self.log = logging.LoggerAdapter(log, {"node": self.node})
         handler.attach(self)
 
     # --- public API (loop thread) -------------------------------------------------
     def start(self, delay: float = 0.0) -> None:
-        self._schedule("fetch", delay, self._begin_fetch)
+        self._schedule_fetch(delay)
 
     def stop(self) -> None:
         """Close the sockets and forget all timers; the handler is left alone."""
         self.phase = STOPPED
         self._generation += 1
         self._disconnect()
+        self._close_watch()
         for t in self._timers.values():
             t.cancel()
         self._timers.clear()
@@ -287,6 +290,55 @@ class NodeSession:
             if t is not None:
                 t.cancel()
 
+    def _schedule_fetch(self, delay: float) -> None:
+        self._fetch_due = self.loop.clock() + delay
+        self._schedule("fetch", delay, self._begin_fetch)
+
+    # --- watching for the server's return ------------------------------------------
+    def _open_watch(self) -> None:
+        """While waiting to reconnect, keep listening to the last heartbeat address.
+
+        A server that comes back announces itself with a heartbeat carrying a
+        new incarnation: reconnect then (after the restart splay) instead of
+        waiting out a long backoff delay. The same incarnation (a network
+        problem, a failed handshake) leaves the backoff alone.
+        """
+        if self._watch is not None or self.config is None:
+            return
+        import zmq
+
+        sock = self.loop.context.socket(zmq.SUB)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SUBSCRIBE, b"")
+        sock.connect(self.config.out_addr)
+        self._watch = sock
+        self.loop.add_reader(sock, self._on_watch)
+
+    def _close_watch(self) -> None:
+        if self._watch is not None:
+            self.loop.remove_reader(self._watch)
+            self._watch.close(linger=0)
+            self._watch = None
+
+    def _on_watch(self) -> None:
+        sock, config = self._watch, self.config
+        if sock is None or config is None:
+            return
+        for frames in Connection.drain(sock):
+            body = self._decode(frames, "heartbeat")
+            if body is None or body["type"] != "heartbeat" or self.phase != WAITING:
+                continue
+            inc = body.get("incarnation_id")
+            if isinstance(inc, str) and inc != self.server_incarnation:
+                delay = self.rng.random() * max(config.interval, self.options.restart_splay)
+                if self._fetch_due - self.loop.clock() > delay:
+                    self.log.info("[%s] the server is back (incarnation %s); reconnecting in "
+                                  "%.1fs", self.node, inc, delay)
+                    self._attempt = 0
+                    self._schedule_fetch(delay)
+                self._close_watch()
+                return
+
     # --- config handshake ------------------------------------------------------------
     def _begin_fetch(self) -> None:
         if self.phase == STOPPED:
@@ -334,13 +386,14 @@ class NodeSession:
             self.log.log(level, "[%s] could not get the push jobs config (attempt %d): %s; "
                          "retrying in %.1fs", self.node, self._attempt, exc, delay)
             self.phase = WAITING
-            self._schedule("fetch", delay, self._begin_fetch)
+            self._schedule_fetch(delay)
             return
         self._connect(config)
 
     # --- connection -------------------------------------------------------------------
     def _connect(self, config: ServerConfig) -> None:
         self._disconnect()
+        self._close_watch()
         self.config = config
         self._conn = Connection(self.loop.context, config,
                                 self.curve_keys if config.encrypted else None)
@@ -391,7 +444,8 @@ class NodeSession:
         delay = 0.0 if delay is None else delay
         self.log.info("[%s] reconnecting in %.1fs: %s", self.node, delay, reason)
         self.phase = WAITING
-        self._schedule("fetch", delay, self._begin_fetch)
+        self._schedule_fetch(delay)
+        self._open_watch()
 
     # --- heartbeats and server liveness (§6.2, §6.4) -------------------------------------
     def _heartbeat_tick(self) -> None:

@@ -338,3 +338,33 @@ def test_fit_output_truncates_but_never_drops_the_message():
     d = json.loads(body)
     assert d["job_id"] == "j" and "truncated" in d["stdout"] and d["stdout"].endswith("TAIL")
     assert d["stdout"].startswith("xxxx")
+
+
+def test_a_restarted_server_is_noticed_during_a_long_backoff(scripted, run_session):
+    server = scripted()
+    session, _ = run_session(server, reconnect_min_delay=20.0, reconnect_max_delay=30.0)
+    rid, _ = server.recv_type("heartbeat")
+    server.send(rid, "ack")
+    wait_for(lambda: session.command_channel_ok)
+    server.http_status = 503  # the server "goes down": no heartbeats, no config
+    wait_for(lambda: not session.connected, timeout=5, message="offline")
+    requests_when_down = len(server.requests)
+    time.sleep(0.3)
+    assert len(server.requests) == requests_when_down  # waiting out a long backoff
+    server.http_status = 200  # ... and comes back with a new incarnation
+    server.incarnation = str(uuid.uuid4())
+    t0 = time.monotonic()
+    wait_for(lambda: (server.heartbeat(), session.connected)[1], timeout=5, message="reconnected")
+    assert time.monotonic() - t0 < 3  # not the 10-30 s backoff delay
+    assert session.server_incarnation == server.incarnation
+
+
+def test_config_lifetime_triggers_a_jittered_full_reconfigure(scripted, run_session):
+    server = scripted(lifetime=1)
+    session, _ = run_session(server)
+    rid, _ = server.recv_type("heartbeat")
+    server.send(rid, "ack")
+    t0 = time.monotonic()
+    wait_for(lambda: (server.heartbeat(), len(server.requests) >= 2)[1], timeout=5,
+             message="lifetime reconfigure")
+    assert 0.85 <= time.monotonic() - t0 <= 2.0
