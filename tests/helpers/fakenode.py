@@ -136,6 +136,9 @@ class FakeNode:
                     enc = base64.b64decode(cfg["encoded_session_key"]["key"])
                     self.session_key = rsa_decrypt(self.principal.private_key, enc)
                     self.server_public_key = load_public_key(cfg["public_key"])
+                    # no idle keep-alive connection left behind (it would hold
+                    # up a graceful server stop); the next fetch reconnects
+                    self._http.session.close()
                     return cfg
                 last = FakeNodeError(f"config GET: {r.status_code} {r.text}")
             except Exception as e:  # noqa: BLE001 - retried, reported at the end
