@@ -210,6 +210,8 @@ class NodeSession:
         self._http: Optional[ChefHTTP] = None
         self._facts_unsupported: Optional[str] = None  # server incarnation that said 404/405
         self._fetch_due = 0.0
+        self._drop_window = -1e9
+        self._drop_logged = 0
         self._watch: Any = None  # SUB kept open while waiting to reconnect (see _open_watch)
         self.log = logging.LoggerAdapter(log, {"node": self.node})
         handler.attach(self)
@@ -513,13 +515,28 @@ class NodeSession:
                                  methods=(HMAC_SHA256, RSA2048_SHA1))
         except ProtocolError as exc:
             self.stats["dropped"] += 1
-            self.log.warning("[%s] dropped a message on the %s socket: %s", self.node, channel, exc)
+            self._log_drop("[%s] dropped a message on the %s socket: %s", self.node, channel, exc)
             return None
         if not isinstance(body.get("type"), str):
             self.stats["dropped"] += 1
-            self.log.warning("[%s] dropped a message without type on the %s socket", self.node, channel)
+            self._log_drop("[%s] dropped a message without type on the %s socket", self.node, channel)
             return None
         return body
+
+    def _log_drop(self, fmt: str, *args: Any) -> None:
+        """Warn about dropped input, at most 10 lines a minute (then debug): a flood
+        of garbage must not fill the disk."""
+        now = self.loop.clock()
+        if now - self._drop_window > 60.0:
+            self._drop_window, self._drop_logged = now, 0
+        self._drop_logged += 1
+        if self._drop_logged <= 10:
+            self.log.warning(fmt, *args)
+            if self._drop_logged == 10:
+                self.log.warning("[%s] more dropped messages in this minute are logged at debug "
+                                 "level only", self.node)
+        else:
+            self.log.debug(fmt, *args)
 
     def _on_sub(self) -> None:
         conn = self._conn
@@ -561,7 +578,7 @@ class NodeSession:
                 self.handler.handle(msg_type, body, self.loop.clock())
             else:
                 self.stats["dropped"] += 1
-                self.log.warning("[%s] ignoring unknown message type %r", self.node, msg_type[:40])
+                self._log_drop("[%s] ignoring unknown message type %r", self.node, msg_type[:40])
 
     # --- encoding --------------------------------------------------------------------
     def _encode(self, msg_type: str, fields: dict[str, Any]) -> list[bytes]:
