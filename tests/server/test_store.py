@@ -169,3 +169,24 @@ def test_postgresql_queries_are_cooperative_under_gevent(fresh_postgres_url, tmp
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert float(r.stdout.strip()) < 2.0  # serial would be >= 2.4 s
+
+
+@pytest.mark.parametrize("url, message", [
+    ("postgresql://u@h", "names no database"),
+    ("postgresql://u@h/db?bogus=1", "invalid URI query parameter"),
+])
+def test_bad_postgresql_urls_are_clear_errors(tmp_path, url, message):
+    with pytest.raises(store.StoreError, match=message):
+        store.open_database(Settings(data_dir=str(tmp_path), database_url=url), migrate=False)
+
+
+@pytest.mark.postgres
+def test_postgresql_url_with_unix_socket_dir(postgres_cluster, tmp_path):
+    """libpq's `?host=/socket/dir` form reaches the cluster through its unix socket."""
+    postgres_cluster.create_database("unixsock")
+    url = f"postgresql://postgres@/unixsock?host={postgres_cluster.sockdir}&port={postgres_cluster.port}"
+    database = store.open_database(Settings(data_dir=str(tmp_path), database_url=url))
+    try:
+        assert store.current_schema_version(database) == store.SCHEMA_VERSION
+    finally:
+        store.close_database()
