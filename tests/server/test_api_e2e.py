@@ -544,6 +544,17 @@ def test_bad_bodies_are_400_and_store_nothing(world, raw, needle):
     assert len(http.get("jobs").json()) == before
 
 
+def test_non_json_content_type_is_415(world):
+    http = world.http(world.alice)
+    body = json.dumps({"command": "x", "nodes": ["web1"]}).encode()
+    r = http.post("jobs", body=body, headers={"Content-Type": "text/plain"})
+    assert r.status_code == 415 and "application/json" in error_of(r)[0]
+    r = http.post("jobs", body=body, headers={"Content-Type": "application/json; charset=utf-8"})
+    assert r.status_code == 201
+    r = http.post("jobs", body=body)  # no Content-Type at all: accepted
+    assert r.status_code == 201
+
+
 def test_file_at_limit_and_zero_timeout_accepted(world):
     http = world.http(world.alice)
     http.create_job("x", ["web1"], file="raw:" + "x" * 100000, run_timeout=0, quorum=0)

@@ -273,6 +273,9 @@ def job_uri(org: str, job_id: str) -> str:
 def create_job(org: str) -> Response:
     from pushjobs.server.store import Job, JobNode, db, utcnow
 
+    if request.mimetype and request.mimetype != "application/json":
+        # webmachine's known_content_type, after authorization as in the original (§10.2)
+        raise error(415, f"Content-Type must be application/json, not {request.mimetype}")
     spec: JobSpec = g.parsed
     state = current_app.extensions["pushjobs"]
     requestor = g.requestor
