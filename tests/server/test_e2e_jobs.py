@@ -123,6 +123,8 @@ def test_trace_success_with_capture_live_feeds(e2e, fleet):
     jid = e2e.http.create_job("uptime", ["n1"], capture_output=True, run_timeout=30)
     live = SseReader(e2e.http, f"jobs_status_feed/{jid}").start()
     live.wait(lambda s: s.done.is_set(), timeout=10)
+    assert live.response_headers.get("X-Accel-Buffering") == "no"
+    assert live.response_headers["Content-Type"].startswith("text/event-stream")
     assert live.names() == ["start", "quorum_vote", "quorum_succeeded", "run_start", "run_complete", "job_complete"]
     start = live.events[0].data
     assert start["command"] == "uptime" and start["user"] == "alice" and start["capture"] is True
@@ -233,6 +235,7 @@ def test_abort_through_the_api(e2e, fleet):
     aborts = n1.count("abort")
     r = e2e.http.post(f"jobs/{jid}/abort")
     assert r.status_code in (200, 202), r.text
+    assert r.json()["status"] == "aborted", "the answer already shows the aborted job"
     finish(e2e, jid, "aborted", {"aborted": ["n1"]},
            ["start", "quorum_vote:success", "quorum_succeeded", "run_start", "job_complete:aborted"])
     wait_for(lambda: n1.count("abort") > aborts, message="abort sent to the node")
