@@ -368,3 +368,43 @@ def test_config_lifetime_triggers_a_jittered_full_reconfigure(scripted, run_sess
     wait_for(lambda: (server.heartbeat(), len(server.requests) >= 2)[1], timeout=5,
              message="lifetime reconfigure")
     assert 0.85 <= time.monotonic() - t0 <= 2.0
+
+
+def test_simulated_jobs_speak_the_agent_protocol(scripted, keys):
+    """Many sessions on one loop with SimulatedJobs: what the fleet simulator does."""
+    from pushjobs.agent.simulated import SimulatedJobs
+
+    server = scripted()
+    loop = EventLoop(zmq.Context())
+    sessions = []
+    for i in range(3):
+        ident = NodeIdentity(f"n{i}", "acme", server.url, keys["client"])
+        sessions.append(NodeSession(loop, ident, SimulatedJobs(f"n{i}", duration=0.1,
+                                                               commands={"chef-client"}),
+                                    SessionOptions(report_facts=False)))
+    for s in sessions:
+        s.start()
+    loop.start_thread()
+    try:
+        routes = {}
+        while len(routes) < 3:
+            rid, body = server.recv_type("heartbeat")
+            routes[body["node"]] = rid
+        job = "c" * 32
+        server.send(routes["n0"], "commit", job_id=job, command="chef-client", capture=True)
+        _, body = server.recv_type("ack_commit")
+        assert body["node"] == "n0" and body["job_id"] == job
+        server.send(routes["n1"], "commit", job_id=job, command="rm -rf /")
+        _, body = server.recv_type("nack_commit")
+        assert body["node"] == "n1"
+        server.send(routes["n0"], "run", job_id=job)
+        assert server.recv_type("ack_run")
+        _, body = server.recv_type("succeeded")
+        assert body["stdout"] == "simulated chef-client\n" and body["node"] == "n0"
+    finally:
+        for s in sessions:
+            loop.call_soon_threadsafe(s.stop)
+        loop.stop()
+        time.sleep(0.05)
+        loop.close()
+        loop.context.destroy(linger=0)
