@@ -120,7 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--capture", action="store_true", help="capture stdout and stderr (see `job output`)")
     s.add_argument("--as-user", metavar="USER", help="run the command as this user on the nodes")
     s.add_argument("--poll-interval", type=_pos_float, default=1.0, metavar="SECONDS",
-                   help="seconds between polls when the server has no event feed (default 1)")
+                   help="seconds between polls when polling (default 1)")
+    s.add_argument("--poll", action="store_true",
+                   help="poll the job like knife-push instead of following its event feed "
+                        "(for proxies that buffer server-sent events)")
     _add_common(s, top=False)
 
     s = jv.add_parser("status", help="show a job")
@@ -140,7 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = jv.add_parser("watch", help="follow a job until it ends (exit status as `job start`)")
     s.add_argument("job_id", metavar="ID")
     s.add_argument("--poll-interval", type=_pos_float, default=1.0, metavar="SECONDS",
-                   help="seconds between polls when the server has no event feed (default 1)")
+                   help="seconds between polls when polling (default 1)")
+    s.add_argument("--poll", action="store_true",
+                   help="poll the job like knife-push instead of following its event feed "
+                        "(for proxies that buffer server-sent events)")
     _add_common(s, top=False)
 
     node = nouns.add_parser("node", help="node availability")

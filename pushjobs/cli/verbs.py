@@ -284,7 +284,7 @@ def job_start(api: ApiClient, args: argparse.Namespace, out: Output, req: Option
             out.doc({"id": job_id, "uri": created.get("uri")})
         return EXIT_OK
     out.line(f"Started.  Job ID: {job_id}")
-    return _follow_and_report(api, job_id, out, args.poll_interval)
+    return _follow_and_report(api, job_id, out, args.poll_interval, args.poll)
 
 
 def job_watch(api: ApiClient, args: argparse.Namespace, out: Output) -> int:
@@ -293,7 +293,7 @@ def job_watch(api: ApiClient, args: argparse.Namespace, out: Output) -> int:
         out.line(f"{str(job['status']).capitalize()}.")
         out.doc(job)
         return job_exit_code(job)
-    return _follow_and_report(api, args.job_id, out, args.poll_interval)
+    return _follow_and_report(api, args.job_id, out, args.poll_interval, args.poll)
 
 
 def job_exit_code(job: dict) -> int:
@@ -306,9 +306,13 @@ def job_exit_code(job: dict) -> int:
     return EXIT_OK
 
 
-def _follow_and_report(api: ApiClient, job_id: str, out: Output, poll_interval: float) -> int:
+def _follow_and_report(api: ApiClient, job_id: str, out: Output, poll_interval: float,
+                       poll: bool = False) -> int:
     progress = Progress(out, job_id, tty=out.progress_stream.isatty())
-    follow_job(api, job_id, progress, poll_interval)
+    if poll:
+        poll_job(api, job_id, progress, poll_interval)
+    else:
+        follow_job(api, job_id, progress, poll_interval)
     job = _get_job(api, job_id)
     progress.finish(job)
     out.doc(job)

@@ -226,6 +226,23 @@ def test_nowait_then_watch_and_status(fresh: Env) -> None:
     assert cp.returncode == 0 and json.loads(cp.stdout)["id"] == job_id
 
 
+def test_poll_like_knife_push(fresh: Env) -> None:
+    fresh.fakes["web1"].run_delay = 1.5
+    cp = fresh.cli("job", "start", "--poll", "--poll-interval", "0.2", "sleep 1", "web1")
+    assert cp.returncode == 0, cp.stderr
+    assert "Running (1/1 in progress) ...\nComplete.\n" in cp.stdout
+    job_id = started_id(cp.stdout)
+    cp = fresh.cli("job", "watch", "--poll", job_id, "-F", "json")
+    assert cp.returncode == 0 and json.loads(cp.stdout)["status"] == "complete"
+    cp = fresh.cli("job", "start", "--poll-interval", "0", "uptime", "web1")
+    assert cp.returncode == 2 and "--poll-interval" in one_error(cp)
+
+
+def test_verbose_logs_requests(fresh: Env) -> None:
+    cp = fresh.cli("-V", "job", "list")
+    assert cp.returncode == 0 and "GET http://127.0.0.1" in cp.stderr
+
+
 def test_nowait_json(fresh: Env) -> None:
     cp = fresh.cli("-F", "json", "job", "start", "--nowait", "uptime", "web1")
     doc = json.loads(cp.stdout)
