@@ -4,7 +4,8 @@ Rules of this file:
 * Parse, never evaluate. The only "computation" is what every knife.rb does:
   `current_dir = File.dirname(__FILE__)` and `"#{current_dir}/x.pem"`, i.e.
   variables assigned earlier in the same file and a few pure `File.*` path
-  functions. Nothing reads the environment, the file system or runs code.
+  functions (`~` in File.expand_path is the only thing read from the
+  environment). Nothing reads the file system or runs code.
 * Statements understood (one Assignment each):
   `key value`, `key = value`, `key(value)` (over several lines too),
   `key value => value, ...` (a bare hash argument),
