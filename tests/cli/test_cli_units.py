@@ -220,10 +220,27 @@ def _one_error_line(cp: subprocess.CompletedProcess) -> str:
         (["job", "status"], "ID"),
     ],
 )
-def test_usage_errors_are_one_line_exit_2(tmp_path: Path, args: list[str], needle: str) -> None:
-    cp = run_cli(*args, home=_home(tmp_path))
+def test_usage_errors_are_one_line_exit_2(tmp_path: Path, args: list[str], needle: str,
+                                          monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """In-process (the same `main`) to keep the suite fast; the subprocess path is tested below."""
+    from pushjobs.cli.main import main
+
+    for k in list(os.environ):
+        if k.startswith("PUSHJOBS_"):
+            monkeypatch.delenv(k)
+    monkeypatch.setenv("HOME", str(_home(tmp_path)))
+    rc = main(args)
+    captured = capsys.readouterr()
+    cp = subprocess.CompletedProcess(args, rc, captured.out, captured.err)
     assert cp.returncode == 2, (cp.returncode, cp.stderr)
     assert needle in _one_error_line(cp)
+
+
+def test_usage_error_in_a_subprocess(tmp_path: Path) -> None:
+    cp = run_cli("job", "start", "x", "n1", "-q", "lots", home=_home(tmp_path))
+    assert cp.returncode == 2
+    assert "invalid quorum" in _one_error_line(cp)
 
 
 def test_missing_configuration(tmp_path: Path) -> None:
