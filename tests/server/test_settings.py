@@ -203,3 +203,28 @@ def test_replace_keeps_type():
     s = Settings().replace(api_port=1)
     assert isinstance(s, Settings) and s.api_port == 1
     assert os.path.basename(s.server_private_key_path) == "pushy_priv.pem"
+
+
+from hypothesis import given, settings as hsettings, strategies as st  # noqa: E402
+
+_LINES = st.lists(
+    st.tuples(
+        st.sampled_from(setting_names() + ["vip", "server_name_advertised", "bogus", "pushy_server['api_port'] ="]),
+        st.one_of(st.integers(-5, 70000), st.floats(allow_nan=False, allow_infinity=False), st.booleans(),
+                  st.none(), st.text(max_size=12), st.lists(st.integers(), max_size=2)),
+    ),
+    max_size=6,
+)
+
+
+@hsettings(max_examples=200, deadline=None)
+@given(_LINES)
+def test_any_settings_file_loads_or_fails_in_one_line(tmp_path_factory, lines):
+    path = tmp_path_factory.mktemp("s") / "s.rb"
+    path.write_text("".join(f"{k} {render_value(v) if not isinstance(v, list) else v!r}\n" for k, v in lines))
+    try:
+        s = load_settings(str(path), env={})
+    except SettingsError as e:
+        assert str(e).startswith(str(path)) and "\n" not in str(e)
+    else:
+        assert 1 <= s.api_port <= 65535 and s.heartbeat_interval > 0
