@@ -1,0 +1,356 @@
+"""The scale benchmarks of issue #8: steady state, fan-out, API, reconnect storm.
+
+    .venv/bin/python -m tests.perf.bench suite --nodes 1000 --db sqlite --steady 300
+    .venv/bin/python -m tests.perf.bench suite --nodes 10000 --db postgresql --steady 120 --runs 5
+
+One `suite` starts one server (SQLite or a throwaway PostgreSQL), creates the
+clients with `ctl client-create --count N`, starts `pushjobs-fleet` and then
+measures, in this order (the restart comes last because it ends the run):
+
+1. steady state: N nodes heartbeating at 1 s for `--steady` seconds: server
+   CPU (cores) and RSS, command messages/s, false "down" transitions (a node
+   FSM re-created on the server = an extra `abort` seen by the fleet, or a
+   fleet reconfigure; must be 0), the lowest online/available counts;
+2. fan-out: a trivial job on all N nodes, POST → `complete` as seen by a
+   client polling GET /jobs (and the server-side duration created → complete),
+   median and p95 over `--runs` runs;
+3. API: requests/s and p50/p99 latency of GET jobs/ID (the N-node job) and
+   GET node_states, `--api-threads` client threads for `--api-seconds`;
+4. reconnect storm: restart the server with N nodes connected; seconds until
+   every node is available again.
+
+Each prints its table and appends it to docs/performance.md with the
+command, the machine and the date (PUSHJOBS_BENCH_NO_DOC=1 to skip the doc).
+With py-spy installed in the venv (`pip install py-spy`; not a runtime
+dependency) the server is profiled during the steady state and the fan-out,
+and the top entries go into the same section.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import requests
+
+from tests.perf import procstat
+from tests.perf.collapsed import report as profile_report
+from tests.perf.harness import Bench, append_result, median, pct, start_profile, table
+
+TERMINAL = ("complete", "quorum_failed", "timed_out", "crashed", "aborted")
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# --------------------------------------------------------------------------------------
+# 1. steady state
+
+
+def steady_state(b: Bench, seconds: float, profile_dir: Optional[Path]) -> dict[str, Any]:
+    worker = b.worker_pid
+    time.sleep(5)  # let the start-up transients settle
+    m0, c0 = b.metrics(), b.fleet_counters()
+    s0 = procstat.sample(worker)
+    f0 = [procstat.sample(p) for p in b.fleet_pids()]
+    min_online = min_avail = b.nodes
+    max_rss = s0.rss
+    prof = None
+    if profile_dir is not None:
+        prof = start_profile(worker, min(30.0, seconds / 2), profile_dir / "steady-server.txt")
+    t_end = time.monotonic() + seconds
+    while time.monotonic() < t_end:
+        time.sleep(min(5.0, max(0.0, t_end - time.monotonic())))
+        m = b.metrics()
+        if m:
+            min_online = min(min_online, int(m.get("pushjobs_nodes_online", 0)))
+            min_avail = min(min_avail, int(m.get("pushjobs_nodes_available", 0)))
+        max_rss = max(max_rss, procstat.sample(worker).rss)
+    s1 = procstat.sample(worker)
+    f1 = [procstat.sample(p) for p in b.fleet_pids()]
+    time.sleep(5.5)  # the fleet writes its counters every 5 s
+    m1, c1 = b.metrics(), b.fleet_counters()
+    if prof is not None:
+        prof.wait(120)
+    dt = s1.at - s0.at
+    key = "pushjobs_command_messages_received_total"
+    msgs = (m1.get(key, 0) - m0.get(key, 0)) / dt
+    extra_aborts = c1.get("received_abort", 0) - c0.get("received_abort", 0)
+    reconfigures = c1.get("reconfigures", 0) - c0.get("reconfigures", 0)
+    fleet_cpu = sum(procstat.cpu_share(a, z) for a, z in zip(f0, f1))
+    res = {
+        "seconds": round(dt), "server_cpu": procstat.cpu_share(s0, s1), "server_rss_mib": max_rss / 2**20,
+        "msgs_per_s": msgs, "cpu_us_per_msg": 1e6 * procstat.cpu_share(s0, s1) / msgs if msgs else float("nan"),
+        "false_downs": extra_aborts, "fleet_reconfigures": reconfigures,
+        "min_online": min_online, "min_available": min_avail, "fleet_cpu": fleet_cpu,
+        "dropped": {k: v for k, v in m1.items() if k.startswith("pushjobs_messages_dropped_total")},
+        "profile": str(profile_dir / "steady-server.txt") if prof is not None else None,
+    }
+    log(f"steady: {json.dumps(res)}")
+    return res
+
+
+# --------------------------------------------------------------------------------------
+# 2. fan-out
+
+
+def fanout(b: Bench, runs: int, profile_dir: Optional[Path]) -> dict[str, Any]:
+    assert b.admin is not None
+    names = [f"{b.prefix}{i}" for i in range(1, b.nodes + 1)]
+    observed, server_side, post_times, statuses = [], [], [], []
+    job_ids = []
+    worker = b.worker_pid
+    for run in range(runs):
+        b.wait_all_available(timeout=120, poll=0.5)
+        m0 = b.metrics()
+        prof = None
+        if profile_dir is not None and run == runs - 1:
+            prof = start_profile(worker, 10, profile_dir / "fanout-server.txt")
+            time.sleep(1.0)
+        t0 = time.monotonic()
+        r = b.admin.post("jobs", json={"command": "chef-client", "nodes": names, "run_timeout": 600})
+        t_post = time.monotonic() - t0
+        if r.status_code != 201:
+            raise RuntimeError(f"POST jobs: {r.status_code} {r.text[:300]}")
+        job_id = r.json()["id"]
+        job_ids.append(job_id)
+        status = None
+        while time.monotonic() - t0 < 600:
+            lr = b.admin.get("jobs")
+            if lr.status_code == 200:
+                st = {j["id"]: j["status"] for j in lr.json()}
+                status = st.get(job_id)
+                if status in TERMINAL:
+                    break
+            time.sleep(0.05)
+        elapsed = time.monotonic() - t0
+        m1 = b.metrics()
+        key = 'pushjobs_job_duration_seconds_sum{status="complete"}'
+        server_side.append(m1.get(key, 0) - m0.get(key, 0))
+        observed.append(elapsed)
+        post_times.append(t_post)
+        statuses.append(status)
+        log(f"fan-out run {run + 1}: {status} in {elapsed:.2f}s (POST {t_post:.2f}s, server-side {server_side[-1]:.2f}s)")
+        if prof is not None:
+            prof.wait(60)
+    res = {
+        "runs": runs, "statuses": statuses, "median": median(observed), "p95": pct(observed, 95),
+        "server_median": median(server_side), "server_p95": pct(server_side, 95),
+        "post_median": median(post_times), "observed": observed, "job_ids": job_ids,
+        "profile": str(profile_dir / "fanout-server.txt") if profile_dir is not None else None,
+    }
+    log(f"fan-out: {json.dumps({k: v for k, v in res.items() if k != 'job_ids'})}")
+    return res
+
+
+# --------------------------------------------------------------------------------------
+# 3. API
+
+
+def api_load(b: Bench, path: str, seconds: float, threads: int) -> dict[str, Any]:
+    """`threads` clients hammering GET path for `seconds`; headers signed once per client
+    (the server verifies every request; re-signing would measure the client's RSA)."""
+    assert b.admin is not None and b.server is not None
+    worker = b.worker_pid
+    url = b.server.base_url + b.admin.url_path(path)
+    latencies: list[float] = []
+    errors = 0
+    lock = threading.Lock()
+    deadline = time.monotonic() + seconds
+
+    def client() -> None:
+        nonlocal errors
+        s = requests.Session()
+        s.trust_env = False
+        headers = {"Accept": "application/json", **b.admin.signed_headers("GET", path)}
+        mine, bad = [], 0
+        while time.monotonic() < deadline:
+            t0 = time.perf_counter()
+            try:
+                r = s.get(url, headers=headers, timeout=30)
+                ok = r.status_code == 200
+            except requests.RequestException:
+                ok = False
+            mine.append(time.perf_counter() - t0)
+            bad += not ok
+        s.close()
+        with lock:
+            latencies.extend(mine)
+            errors += bad
+
+    s0 = procstat.sample(worker)
+    with concurrent.futures.ThreadPoolExecutor(threads) as ex:
+        for f in [ex.submit(client) for _ in range(threads)]:
+            f.result()
+    s1 = procstat.sample(worker)
+    dt = s1.at - s0.at
+    res = {"path": path, "requests": len(latencies), "errors": errors, "rps": len(latencies) / dt,
+           "p50_ms": 1000 * pct(latencies, 50), "p99_ms": 1000 * pct(latencies, 99),
+           "server_cpu": procstat.cpu_share(s0, s1)}
+    log(f"api: {json.dumps(res)}")
+    return res
+
+
+# --------------------------------------------------------------------------------------
+# 4. reconnect storm
+
+
+def reconnect_storm(b: Bench, timeout: float) -> dict[str, Any]:
+    assert b.server is not None
+    c0 = b.fleet_counters()
+    t0 = time.monotonic()
+    b.server.stop()
+    t_stopped = time.monotonic() - t0
+    b.server.start(timeout=120)
+    t_up = time.monotonic() - t0
+    worker = b.worker_pid
+    s0 = procstat.sample(worker)
+    progress: list[tuple[float, int]] = []
+    try:
+        t_all = b.wait_all_available(timeout=timeout, poll=1.0,
+                                     on_poll=lambda e, n: progress.append((round(t_up + e, 1), n)))
+        ok = True
+    except TimeoutError:
+        t_all, ok = float("nan"), False
+    s1 = procstat.sample(worker)
+    time.sleep(5.5)
+    c1 = b.fleet_counters()
+    res = {"ok": ok, "stop_s": t_stopped, "up_s": t_up, "all_available_after_up_s": t_all,
+           "all_available_total_s": t_up + t_all, "server_cpu_during": procstat.cpu_share(s0, s1),
+           "config_fetches": c1.get("config_fetches", 0) - c0.get("config_fetches", 0),
+           "config_failures": c1.get("config_failures", 0) - c0.get("config_failures", 0),
+           "progress": progress[:: max(1, len(progress) // 12)]}
+    log(f"reconnect: {json.dumps(res)}")
+    return res
+
+
+# --------------------------------------------------------------------------------------
+# the suite
+
+
+def suite(a: argparse.Namespace) -> int:
+    b = Bench(a.nodes, db=a.db, fleet_processes=a.fleet_processes, sub_mode=a.sub)
+    profile_dir = b.workdir / "profiles" if a.profile else None
+    if profile_dir is not None:
+        profile_dir.mkdir(parents=True)
+    notes: list[str] = []
+    sections: list[str] = []
+    ramp = a.ramp if a.ramp is not None else max(5.0, a.nodes / 200.0)
+    try:
+        log(f"server ({a.db}) in {b.workdir}")
+        b.start_server()
+        log(f"{a.nodes} clients created in {b.clients_seconds:.1f}s")
+        cmd = b.start_fleet(ramp=ramp, duration=a.max_seconds)
+        log("fleet: " + " ".join(cmd))
+        t0 = time.monotonic()
+        try:
+            t_start = b.wait_all_available(timeout=ramp + a.startup_timeout, poll=2.0,
+                                           on_poll=lambda e, n: log(f"  start-up: {n}/{a.nodes} available")
+                                           if int(e) % 10 < 2 else None)
+        except TimeoutError as exc:
+            notes.append(f"start-up: {exc}")
+            raise
+        rss = procstat.sample(b.worker_pid).rss
+        log(f"all {a.nodes} available after {t_start:.1f}s (ramp {ramp:.0f}s)")
+        sections.append(table(["nodes", "db", "fleet processes", "SUB", "ramp s", "all available after s",
+                               "server RSS MiB"],
+                              [[a.nodes, a.db, b.fleet_processes, b.sub_mode, ramp, t_start, rss / 2**20]]))
+
+        if a.steady > 0:
+            st = steady_state(b, a.steady, profile_dir)
+            sections.append("**Steady state** (1 s heartbeat)\n\n" + table(
+                ["seconds", "server CPU (cores)", "server RSS MiB (max)", "msgs/s in", "CPU µs/msg",
+                 "false downs", "fleet reconfigures", "min online", "min available", "fleet CPU (cores)"],
+                [[st["seconds"], st["server_cpu"], st["server_rss_mib"], st["msgs_per_s"], st["cpu_us_per_msg"],
+                  st["false_downs"], st["fleet_reconfigures"], st["min_online"], st["min_available"],
+                  st["fleet_cpu"]]]))
+            if st["dropped"]:
+                sections.append(f"dropped: `{json.dumps(st['dropped'])}`")
+            if st["profile"] and os.path.exists(st["profile"]):
+                sections.append("<details><summary>server profile, steady state (py-spy)</summary>\n\n"
+                                + profile_report(st["profile"], 12) + "\n\n</details>")
+
+        job_id = None
+        if a.runs > 0:
+            fo = fanout(b, a.runs, profile_dir)
+            job_id = fo["job_ids"][-1]
+            sections.append("**Fan-out** (`chef-client` on all nodes, POST → complete)\n\n" + table(
+                ["runs", "statuses", "median s", "p95 s", "server-side median s", "server-side p95 s",
+                 "POST median s", "all runs s"],
+                [[fo["runs"], ",".join(sorted(set(map(str, fo["statuses"])))), fo["median"], fo["p95"],
+                  fo["server_median"], fo["server_p95"], fo["post_median"],
+                  " ".join(f"{x:.2f}" for x in fo["observed"])]]))
+            if fo["profile"] and os.path.exists(fo["profile"]):
+                sections.append("<details><summary>server profile, last fan-out run (py-spy)</summary>\n\n"
+                                + profile_report(fo["profile"], 12) + "\n\n</details>")
+
+        if a.api_seconds > 0:
+            rows = []
+            paths = ["node_states"] + ([f"jobs/{job_id}"] if job_id else [])
+            for path in paths:
+                r = api_load(b, path, a.api_seconds, a.api_threads)
+                rows.append([path.replace(job_id or "-", "ID"), a.api_threads, r["requests"], r["errors"], r["rps"],
+                             r["p50_ms"], r["p99_ms"], r["server_cpu"]])
+            sections.append("**API** (pre-signed GETs, keep-alive)\n\n" + table(
+                ["endpoint", "client threads", "requests", "errors", "req/s", "p50 ms", "p99 ms",
+                 "server CPU"], rows))
+
+        if a.restart:
+            rc = reconnect_storm(b, a.reconnect_timeout)
+            sections.append("**Reconnect storm** (server restarted with all nodes connected)\n\n" + table(
+                ["stop s", "back up s", "all available after up s", "total s", "server CPU meanwhile",
+                 "config fetches", "config failures"],
+                [[rc["stop_s"], rc["up_s"], rc["all_available_after_up_s"], rc["all_available_total_s"],
+                  rc["server_cpu_during"], rc["config_fetches"], rc["config_failures"]]])
+                + "\n\nprogress (s since stop, available): " + " ".join(f"{t}:{n}" for t, n in rc["progress"]))
+        return 0
+    except Exception as exc:  # record the miss too
+        notes.append(f"run aborted: {exc.__class__.__name__}: {exc}")
+        log(notes[-1])
+        return 1
+    finally:
+        if b.fleet_proc is not None:
+            notes.append("fleet: `" + " ".join(b.fleet_cmd[1:]).replace(str(b.key_path), "KEY") + "`")
+        b.stop()
+        body = "\n\n".join(sections + [f"- {n}" for n in notes])
+        append_result(f"suite: {a.nodes} nodes, {a.db}", body)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m tests.perf.bench")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("suite", help="steady state, fan-out, API and reconnect storm for one N and database")
+    s.add_argument("--nodes", type=int, required=True)
+    s.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite")
+    s.add_argument("--steady", type=float, default=300.0, help="steady-state seconds (0: skip)")
+    s.add_argument("--runs", type=int, default=5, help="fan-out runs (0: skip)")
+    s.add_argument("--api-seconds", type=float, default=10.0, help="seconds per API endpoint (0: skip)")
+    s.add_argument("--api-threads", type=int, default=4)
+    s.add_argument("--no-restart", dest="restart", action="store_false", help="skip the reconnect storm")
+    s.add_argument("--ramp", type=float, default=None, help="fleet start-up spread (default N/200 s)")
+    s.add_argument("--startup-timeout", type=float, default=600.0)
+    s.add_argument("--reconnect-timeout", type=float, default=300.0)
+    s.add_argument("--fleet-processes", type=int, default=None)
+    s.add_argument("--sub", choices=("per-node", "shared"), default=None)
+    s.add_argument("--max-seconds", type=float, default=3600.0, help="the fleet stops by itself after this")
+    s.add_argument("--no-profile", dest="profile", action="store_false")
+    return p
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    a = build_parser().parse_args(argv)
+    if a.cmd == "suite":
+        return suite(a)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
