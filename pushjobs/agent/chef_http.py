@@ -40,8 +40,9 @@ class ChefHTTP:
         self.private_key = private_key
         self.timeout = timeout
         self.session = session or requests.Session()
-        self.session.verify = verify
-        self.session.trust_env = True
+        # passed on every request: a session-level `verify` loses against
+        # REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE in requests' environment merge
+        self.verify = verify
 
     def close(self) -> None:
         self.session.close()
@@ -60,7 +61,8 @@ class ChefHTTP:
             url += "?" + "&".join(f"{k}={quote(str(v), safe='')}" for k, v in params.items())
         try:
             return self.session.request(method, url, data=body or None, headers=headers,
-                                        timeout=self.timeout, allow_redirects=False)
+                                        timeout=self.timeout, allow_redirects=False,
+                                        verify=self.verify)
         except requests.RequestException as exc:
             raise HTTPError(f"{method} {url}: {exc.__class__.__name__}: {exc}") from None
 

@@ -237,11 +237,18 @@ def test_agent_stops_cleanly_on_term_and_kills_its_job(srv, http, agent_factory)
 
 
 def test_server_restart_agents_come_back_without_operator_action(server_factory, agent_factory):
-    srv = server_factory()
+    """Over HTTPS (the agents verify the server's certificate with ca_file)."""
+    srv = server_factory(ssl=True)
     srv.create_org(ORG)
     admin = srv.create_user("alice", org=ORG, admin=True)
     http = srv.client(admin)
-    agents = [agent_factory(srv, ORG, f"r{i}", whitelist={"hi": "echo hi"}) for i in range(2)]
+    # SignedClient sets session.verify=False, which requests overrides with
+    # REQUESTS_CA_BUNDLE from the environment; ignore the environment here.
+    http.session.trust_env = False
+    ca = str(srv.directory / "tls" / "server.crt")
+    agents = [agent_factory(srv, ORG, f"r{i}", whitelist={"hi": "echo hi"},
+                            settings={"ca_file": ca}) for i in range(2)]
+    assert agents[0].chef_server_url.startswith("https://")
     for a in agents:
         a.wait_available(http)
     srv.restart()
