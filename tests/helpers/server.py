@@ -241,6 +241,8 @@ class SignedClient:
         if headers:
             hdrs.update(headers)
         kw.setdefault("timeout", self.timeout)
+        # explicit: a request-level verify wins over REQUESTS_CA_BUNDLE, a session-level one does not
+        kw.setdefault("verify", self.session.verify)
         return self.session.request(method, self.base_url + full_path, data=data or None,
                                     headers=hdrs, params=params, **kw)
 
@@ -335,6 +337,13 @@ class ServerProcess:
         return f"{self.scheme}://127.0.0.1:{self.api_port}"
 
     @property
+    def verify(self) -> Any:
+        """What `requests` should verify the server with: the test certificate under HTTPS."""
+        if self.ssl:
+            return str(self.directory / "tls" / "server.crt")
+        return self.settings.get("ssl_certificate", True)
+
+    @property
     def out_addr(self) -> str:
         return f"tcp://127.0.0.1:{self.server_heartbeat_port}"
 
@@ -426,13 +435,13 @@ class ServerProcess:
     # --- HTTP -------------------------------------------------------------
     def client(self, principal: Principal, *, version: str = "1.1", org: Optional[str] = None) -> SignedClient:
         """A signed HTTP client acting as `principal` (closed when the server stops)."""
-        c = SignedClient(self.base_url, principal, org=org, version=version)
+        c = SignedClient(self.base_url, principal, org=org, version=version, verify=self.verify)
         self._clients.append(c)
         return c
 
     def status(self, timeout: float = 5.0) -> dict:
         """GET /pushy/_status (unauthenticated); asserts 200."""
-        r = requests.get(self.base_url + "/pushy/_status", timeout=timeout, verify=False)
+        r = requests.get(self.base_url + "/pushy/_status", timeout=timeout, verify=self.verify)
         assert r.status_code == 200, (r.status_code, r.text)
         return r.json()
 
@@ -476,7 +485,7 @@ class ServerProcess:
                 rc = None if self.proc is None else self.proc.returncode
                 raise ServerStartError(f"push-jobs-server exited (rc {rc}) before it was ready\n{self.log_tail()}")
             try:
-                r = requests.get(self.base_url + "/pushy/_status", timeout=1.0, verify=False)
+                r = requests.get(self.base_url + "/pushy/_status", timeout=1.0, verify=self.verify)
                 if r.status_code == 200:
                     return r.json()
             except requests.RequestException:

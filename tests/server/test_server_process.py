@@ -91,33 +91,43 @@ def test_usage():
 # the running process
 
 
-def test_one_gevent_worker_sigterm_exits_0_and_frees_ports(server_factory):
+def test_lifecycle_one_worker_sighup_restart_sigterm(server_factory):
+    """One server through its whole life (one init, two starts keep the suite fast)."""
     s = server_factory()
+    # exactly one worker; it (not the master) binds the ZeroMQ ports
     workers = wait_for(lambda: _children(s.pid), timeout=5, message="the worker")
     assert len(workers) == 1
-    worker = workers[0]
-    with open(f"/proc/{worker}/cmdline") as fh:
+    with open(f"/proc/{workers[0]}/cmdline") as fh:
         assert "push-jobs-server" in fh.read()
     log = s.log_text()
     assert "gevent" in log  # gunicorn names its worker class
-    assert f"worker {worker} serving the API" in log
-    # the ZeroMQ sockets are bound by the worker, not the master
+    assert f"worker {workers[0]} serving the API" in log
     assert not _port_free(s.server_heartbeat_port) and not _port_free(s.command_port)
-    t0 = time.monotonic()
-    rc = s.stop(timeout=10)
-    assert rc == 0
-    assert time.monotonic() - t0 < 6
-    assert not os.path.exists(f"/proc/{worker}") or open(f"/proc/{worker}/stat").read().split()[2] == "Z"
-    for port in (s.api_port, s.server_heartbeat_port, s.command_port):
-        wait_for(lambda: _port_free(port), timeout=5, message=f"port {port} released")
 
-
-def test_sigterm_with_an_open_event_stream(server_factory):
-    """An SSE client must not hold the shutdown hostage."""
-    s = server_factory()
     s.create_org("acme")
     alice = s.create_user("alice", "acme", admin=True)
+    web1 = s.create_client("web1", "acme")
     http = s.client(alice)
+    job_id = http.create_job("chef-client", ["web1"])
+    first = s.status()["incarnation_id"]
+
+    # SIGHUP: a new worker (new runtime, new incarnation) that binds the ZeroMQ ports again
+    s.signal(signal.SIGHUP)
+    wait_for(lambda: s.status()["incarnation_id"] != first, timeout=15, message="a new worker")
+    assert s.running
+    new_workers = wait_for(lambda: _children(s.pid), timeout=5, message="the new worker")
+    assert len(new_workers) == 1 and new_workers != workers
+    r = s.client(web1).get("config/web1", params={"ccpk": curve_keypair()[0]})
+    assert r.status_code == 200 and r.json()["incarnation_id"] != first
+    second = r.json()["incarnation_id"]
+
+    # restart: jobs persist, the incarnation changes
+    s.restart()
+    assert s.status()["incarnation_id"] not in (first, second)
+    assert http.job(job_id)["id"] == job_id
+
+    # SIGTERM with an open event stream: exit 0 within seconds, worker gone, ports free
+    worker = _children(s.pid)[0]
     got = threading.Event()
 
     def listen():
@@ -136,49 +146,20 @@ def test_sigterm_with_an_open_event_stream(server_factory):
     assert s.stop(timeout=15) == 0
     assert time.monotonic() - t0 < 8
     t.join(10)
+    assert not os.path.exists(f"/proc/{worker}") or open(f"/proc/{worker}/stat").read().split()[2] == "Z"
+    for port in (s.api_port, s.server_heartbeat_port, s.command_port):
+        wait_for(lambda: _port_free(port), timeout=5, message=f"port {port} released")
 
 
-def test_restart_keeps_jobs_new_incarnation(server_factory):
-    s = server_factory()
-    s.create_org("acme")
-    alice = s.create_user("alice", "acme", admin=True)
-    http = s.client(alice)
-    first = s.status()["incarnation_id"]
-    job_id = http.create_job("chef-client", ["web1"])
-    s.restart()
-    assert s.status()["incarnation_id"] != first
-    assert http.job(job_id)["id"] == job_id
-
-
-def test_sighup_reloads_the_worker(server_factory):
-    s = server_factory()
-    s.create_org("acme")
-    web1 = s.create_client("web1", "acme")
-    first = s.status()["incarnation_id"]
-    old_worker = _children(s.pid)
-    s.signal(signal.SIGHUP)
-    wait_for(lambda: s.status()["incarnation_id"] != first, timeout=15, message="a new worker")
-    assert s.running
-    new_worker = wait_for(lambda: _children(s.pid), timeout=5, message="the new worker")
-    assert len(new_worker) == 1 and new_worker != old_worker
-    # the new worker bound the ZeroMQ ports again and hands out curve keys
-    r = s.client(web1).get("config/web1", params={"ccpk": curve_keypair()[0]})
-    assert r.status_code == 200 and r.json()["incarnation_id"] != first
-    assert s.stop() == 0
-
-
-def test_https(server_factory):
-    s = server_factory(ssl=True)
+def test_https_curve_disabled_client_name_not_validated(server_factory):
+    """HTTPS with a certificate; S6: no ccpk needed and no curve_public_key;
+    validate_client_node_name false lets a client fetch any node's config."""
+    s = server_factory(ssl=True, settings={"disable_curve_encryption": True, "validate_client_node_name": False})
     assert s.base_url.startswith("https://")
     r = requests.get(s.base_url + "/pushy/_status", verify=str(s.directory / "tls" / "server.crt"))
     assert r.status_code == 200
     with pytest.raises(requests.RequestException):
         requests.get(f"http://127.0.0.1:{s.api_port}/pushy/_status", timeout=5)
-
-
-def test_curve_disabled_and_client_name_not_validated(server_factory):
-    """S6: no ccpk needed and no curve_public_key; validate_client_node_name false lets a client read any config."""
-    s = server_factory(settings={"disable_curve_encryption": True, "validate_client_node_name": False})
     s.create_org("acme")
     web1 = s.create_client("web1", "acme")
     http = s.client(web1)
