@@ -55,6 +55,7 @@ class NodeEntry:
 
     org: str
     fsm: NodeFSM
+    bound_id: bytes = b""  # the routing id `by_routing_id` maps to this entry
     sequence: int = 0
     timers: dict[str, gevent.Greenlet] = field(default_factory=dict)
 
@@ -182,7 +183,7 @@ class NodeRegistry:
                 decay_window=self.settings.decay_window,
                 down_threshold=self.settings.down_threshold,
             )
-            entry = NodeEntry(org, fsm)
+            entry = NodeEntry(org, fsm, bound_id=routing_id)
             self.entries[key] = entry
             self.by_routing_id[routing_id] = entry
             log.info("node %s/%s online (incarnation %s)", org, node, fsm.incarnation_id)
@@ -202,13 +203,10 @@ class NodeRegistry:
             elif isinstance(a, A.SetAvailability):
                 log.info("node %s/%s %s", entry.org, a.node, "available" if a.available else "unavailable")
             elif isinstance(a, A.Rebind):
-                old = self.by_routing_id.get(a.routing_id)
-                if old is not None and old is not entry:
-                    del self.by_routing_id[a.routing_id]
-                for rid, e in list(self.by_routing_id.items()):
-                    if e is entry:
-                        del self.by_routing_id[rid]
+                # O(1): a reconnect storm of N nodes must not cost N^2.
+                self._unbind(entry)
                 self.by_routing_id[a.routing_id] = entry
+                entry.bound_id = a.routing_id
                 log.info("node %s/%s moved to connection %s", entry.org, a.node, a.routing_id.hex())
             elif isinstance(a, A.ForwardToJob):
                 if self.jobs is not None:
@@ -217,6 +215,10 @@ class NodeRegistry:
                 self._terminate(entry, a.reason)
             else:
                 log.warning("node %s/%s: unexpected action %r", entry.org, entry.fsm.node, a)
+
+    def _unbind(self, entry: NodeEntry) -> None:
+        if self.by_routing_id.get(entry.bound_id) is entry:
+            del self.by_routing_id[entry.bound_id]
 
     def _send(self, entry: NodeEntry, mtype: str, fields: dict) -> None:
         """Build, HMAC-sign and route a command-channel message (§4.6, §5.2)."""
@@ -275,9 +277,7 @@ class NodeRegistry:
         if self.entries.get(entry.key) is not entry:
             return
         del self.entries[entry.key]
-        for rid, e in list(self.by_routing_id.items()):
-            if e is entry:
-                del self.by_routing_id[rid]
+        self._unbind(entry)
         self._cancel_all_timers(entry)
         log.info("node %s/%s offline (%s)", entry.org, entry.fsm.node, reason)
         if self.jobs is not None:
