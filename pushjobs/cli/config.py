@@ -8,12 +8,15 @@ Strongest first, per setting:
 2. environment: PUSHJOBS_SERVER_URL, PUSHJOBS_USER, PUSHJOBS_KEY,
    PUSHJOBS_CA_FILE, PUSHJOBS_INSECURE (1/true/yes);
 3. `~/.pushjobs/config.yml`: `server_url`, `user`, `key`, `ca_file`,
-   `insecure`;
+   `insecure` (unknown keys are errors, to catch typos);
 4. a Chef user's `~/.chef/knife.rb`, else `~/.chef/config.rb`:
    `chef_server_url`, `node_name`, `client_key`, `ssl_ca_file`,
    `ssl_verify_mode :verify_none`, read with `pushjobs.rbconfig`: parsed,
    never evaluated (the `current_dir`/`File.join` idioms of knife.rb work;
    statements it cannot read are skipped).
+
+`-c/--config FILE` (or PUSHJOBS_CONFIG) names the one file to read instead
+of 3 and 4: YAML when it ends in .yml/.yaml, else a knife.rb.
 
 Relative key/CA paths in a file are relative to that file's directory. The
 resolved `Config` remembers where each value came from, for error messages.
@@ -112,6 +115,28 @@ def read_knife_rb(path: Path) -> dict[str, Any]:
     return out
 
 
+def _read_rb(path: Path) -> dict[str, Any]:
+    try:
+        return read_knife_rb(path)
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}") from None
+
+
+def read_yaml_config(path: Path) -> dict[str, Any]:
+    """`server_url`, `user`, `key`, `ca_file`, `insecure` from a YAML file."""
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (yaml.YAMLError, OSError) as e:
+        raise ConfigError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"cannot read {path}: expected a mapping of settings")
+    unknown = sorted(set(map(str, data)) - set(ENV_VARS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown setting(s) {', '.join(unknown)} "
+                          f"(known: {', '.join(ENV_VARS)})")
+    return data
+
+
 # --- resolution -------------------------------------------------------------
 
 
@@ -144,26 +169,19 @@ def resolve(flags: Mapping[str, Any], env: Optional[Mapping[str, str]] = None) -
         offer(name, flags.get(name), f"--{name.replace('_', '-')}", Path.cwd())
     for name, var in ENV_VARS.items():
         offer(name, env.get(var), var, Path.cwd())
-    yml = home / ".pushjobs" / "config.yml"
-    if yml.exists():
-        try:
-            data = yaml.safe_load(yml.read_text()) or {}
-        except (yaml.YAMLError, OSError) as e:
-            raise ConfigError(f"cannot read {yml}: {str(e).splitlines()[0]}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"cannot read {yml}: expected a mapping of settings")
+    explicit = flags.get("config") or env.get("PUSHJOBS_CONFIG")
+    if explicit:
+        path = Path(_expand(str(explicit), Path.cwd(), home))
+        if not path.is_file():
+            raise ConfigError(f"config file {path} not found")
+        candidates = [path]
+    else:
+        rbs = [home / ".chef" / f for f in ("knife.rb", "config.rb") if (home / ".chef" / f).is_file()]
+        candidates = [p for p in [home / ".pushjobs" / "config.yml"] if p.is_file()] + rbs[:1]
+    for path in candidates:
+        data = read_yaml_config(path) if path.suffix in (".yml", ".yaml") else _read_rb(path)
         for name in ENV_VARS:
-            offer(name, data.get(name), str(yml), yml.parent)
-    for fname in ("knife.rb", "config.rb"):
-        rb = home / ".chef" / fname
-        if rb.exists():
-            try:
-                data = read_knife_rb(rb)
-            except OSError as e:
-                raise ConfigError(f"cannot read {rb}: {e.strerror}") from None
-            for name in ENV_VARS:
-                offer(name, data.get(name), str(rb), rb.parent)
-            break
+            offer(name, data.get(name), str(path), path.parent)
 
     missing = [n for n in ("server_url", "user", "key") if n not in values]
     if missing:

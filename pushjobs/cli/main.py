@@ -9,7 +9,7 @@
     pushjobs [GLOBAL OPTIONS] node status [NODE|QUERY ...]
 
 Global options (accepted before the verb, and after it as knife does):
-`--server-url URL`, `-u/--user`, `-k/--key`, `--ca-file`, `--insecure`,
+`-c/--config FILE`, `--server-url URL`, `-u/--user`, `-k/--key`, `--ca-file`, `--insecure`,
 `-F/--format text|json|yaml`, `-V/--verbose`. See `pushjobs.cli.config` for
 where settings come from when no flag is given.
 
@@ -81,6 +81,8 @@ def _add_common(p: argparse.ArgumentParser, top: bool) -> None:
     """Options valid before and after the verb; SUPPRESS keeps a sub-parser from resetting them."""
     d = {} if top else {"default": argparse.SUPPRESS}
     g = p.add_argument_group("global options")
+    g.add_argument("-c", "--config", metavar="FILE",
+                   help="read settings from this config.yml or knife.rb (instead of ~/.pushjobs, ~/.chef)", **d)
     g.add_argument("--server-url", metavar="URL", help="https://HOST:PORT/organizations/ORG", **d)
     g.add_argument("-u", "--user", metavar="NAME", help="user name to sign requests as", **d)
     g.add_argument("-k", "--key", metavar="PEM_FILE", help="the user's private key", **d)

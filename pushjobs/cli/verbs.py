@@ -35,6 +35,8 @@ SEARCH_PAGE = 1000
 FEED_RETRIES = 3
 MAX_FILE_BYTES = 100_000
 QUORUM_RE = re.compile(r"^(\d+)(%?)$")
+SETTLE_TIMEOUT = 10.0
+EXIT_INTERRUPTED = 130
 
 
 def run(args: argparse.Namespace, fmt: str) -> int:
@@ -44,6 +46,7 @@ def run(args: argparse.Namespace, fmt: str) -> int:
         "key": getattr(args, "key", None),
         "ca_file": getattr(args, "ca_file", None),
         "insecure": True if getattr(args, "insecure", False) else None,
+        "config": getattr(args, "config", None),
     }
     # validate local input before touching the network or the key
     prepared = _prepare_start(args) if (args.noun, args.verb) == ("job", "start") else None
@@ -309,11 +312,22 @@ def job_exit_code(job: dict) -> int:
 def _follow_and_report(api: ApiClient, job_id: str, out: Output, poll_interval: float,
                        poll: bool = False) -> int:
     progress = Progress(out, job_id, tty=out.progress_stream.isatty())
-    if poll:
-        poll_job(api, job_id, progress, poll_interval)
-    else:
-        follow_job(api, job_id, progress, poll_interval)
-    job = _get_job(api, job_id)
+    try:
+        if poll:
+            poll_job(api, job_id, progress, poll_interval)
+        else:
+            follow_job(api, job_id, progress, poll_interval)
+        job = _get_job(api, job_id)
+        # job_complete may reach us a moment before the job row says so
+        deadline = time.monotonic() + SETTLE_TIMEOUT
+        while job.get("status") not in TERMINAL_JOB and time.monotonic() < deadline:
+            time.sleep(0.1)
+            job = _get_job(api, job_id)
+    except KeyboardInterrupt:
+        if progress.tty:
+            out.progress_stream.write("\n")
+        raise CliError(f"interrupted; job {job_id} keeps running (follow it with: pushjobs job watch {job_id})",
+                       EXIT_INTERRUPTED) from None
     progress.finish(job)
     out.doc(job)
     return job_exit_code(job)

@@ -265,6 +265,30 @@ def test_abort_and_watch_of_aborted_job(fresh: Env) -> None:
     assert cp.returncode == 4 and "already finished" in one_error(cp)
 
 
+def test_ctrl_c_while_following_leaves_the_job_running(fresh: Env) -> None:
+    import signal
+
+    fresh.fakes["web1"].run_result = None  # runs until aborted
+    proc = subprocess.Popen([PUSHJOBS, "job", "start", "sleep 999", "web1"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=fresh.env())
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        job_id = started_id(first)
+        wait_for(lambda: fresh.http.job(job_id)["status"] == "running", timeout=10, message="running")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130
+    assert err.strip().splitlines() == [
+        f"ERROR: interrupted; job {job_id} keeps running (follow it with: pushjobs job watch {job_id})"]
+    assert fresh.http.job(job_id)["status"] == "running"
+    assert fresh.http.post(f"jobs/{job_id}/abort").status_code in (200, 202)
+    fresh.http.wait_job(job_id)
+
+
 # --- job list / status / output errors ---------------------------------------------------
 
 
@@ -359,6 +383,8 @@ def test_config_files(fresh: Env, tmp_path: Path) -> None:
         f"server_url: {fresh.url}\nuser: alice\nkey: {fresh.alice.key_path}\n")
     cp = fresh.cli("node", "status", env=dict(base, HOME=str(home2)))
     assert cp.returncode == 0 and "web1\t" in cp.stdout
+    cp = fresh.cli("-c", str(home / ".chef" / "knife.rb"), "job", "list", env=dict(base, HOME=str(tmp_path)))
+    assert cp.returncode == 0, cp.stderr
 
 
 def _strict_self_signed(directory: Path) -> None:

@@ -166,6 +166,25 @@ def test_config_rb_when_no_knife_rb(tmp_path: Path) -> None:
     assert (c.user, c.key, c.org, c.insecure) == ("cfg", "/k.pem", "o", False)
 
 
+def test_explicit_config_file_replaces_the_home_files(tmp_path: Path) -> None:
+    home = _home(tmp_path)
+    (home / ".pushjobs").mkdir()
+    (home / ".pushjobs" / "config.yml").write_text("server_url: http://h/organizations/home\nuser: u\nkey: /k\n")
+    other = tmp_path / "team.rb"
+    other.write_text("node_name 'team'\nclient_key 'team.pem'\nchef_server_url 'http://t/organizations/team'\n")
+    c = resolve({"config": str(other)}, {"HOME": str(home)})
+    assert (c.user, c.org, c.key) == ("team", "team", str(tmp_path / "team.pem"))
+    y = tmp_path / "ci.yaml"
+    y.write_text("server_url: http://c/organizations/ci\nuser: ci\nkey: ci.pem\ninsecure: true\n")
+    c = resolve({}, {"HOME": str(home), "PUSHJOBS_CONFIG": str(y)})
+    assert (c.user, c.org, c.insecure) == ("ci", "ci", True)
+    with pytest.raises(ConfigError, match="not found"):
+        resolve({"config": str(tmp_path / "nope.yml")}, {"HOME": str(home)})
+    y.write_text("server_url: http://c/organizations/ci\nusr: typo\n")
+    with pytest.raises(ConfigError, match="unknown setting"):
+        resolve({"config": str(y)}, {"HOME": str(home)})
+
+
 @pytest.mark.parametrize(
     "flags, message",
     [
