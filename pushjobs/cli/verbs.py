@@ -56,17 +56,16 @@ def run(args: argparse.Namespace, fmt: str) -> int:
         raise CliError(str(e), EXIT_USAGE) from None
     api = ApiClient(config)
     out = Output(fmt)
-    handler: Callable[..., int] = {
+    if prepared is not None:
+        return job_start(api, args, out, prepared)
+    handler: Callable[[ApiClient, argparse.Namespace, Output], int] = {
         ("job", "list"): job_list,
-        ("job", "start"): job_start,
         ("job", "status"): job_status,
         ("job", "output"): job_output,
         ("job", "abort"): job_abort,
         ("job", "watch"): job_watch,
         ("node", "status"): node_status,
     }[(args.noun, args.verb)]
-    if prepared is not None:
-        return job_start(api, args, out, prepared)
     return handler(api, args, out)
 
 
