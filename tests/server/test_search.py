@@ -231,3 +231,26 @@ def test_parser_never_crashes(q: str) -> None:
     else:
         for n in NODES:
             query.matches(expand_node(n))
+
+
+ATOMS = ["role:web", "role:db", "platform:debian", "tags:blue", "name:web*", "chef_environment:production",
+         "cpu_total:[8 TO 16]", "*:*"]
+
+
+def _set(q: str) -> set[str]:
+    return set(names(q))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(ATOMS), st.sampled_from(ATOMS), st.sampled_from(ATOMS))
+def test_boolean_algebra(a: str, b: str, c: str) -> None:
+    """The operators mean what set algebra says, whatever the atoms."""
+    every = _set("*:*")
+    assert _set(f"{a} AND {b}") == _set(a) & _set(b) == _set(f"{a} && {b}")
+    assert _set(f"{a} OR {b}") == _set(a) | _set(b) == _set(f"{a} || {b}") == _set(f"{a} {b}")
+    assert _set(f"NOT {a}") == every - _set(a) == _set(f"-{a}") == _set(f"!{a}")
+    assert _set(f"{a} AND NOT {b}") == _set(a) - _set(b)
+    assert _set(f"{a} OR {b} AND {c}") == _set(a) | (_set(b) & _set(c))  # AND binds tighter
+    assert _set(f"({a} OR {b}) AND {c}") == (_set(a) | _set(b)) & _set(c)
+    assert _set(f"+{a} +{b}") == _set(a) & _set(b)
+    assert _set(f"{a} -{b}") == _set(a) - _set(b)  # Lucene: a prohibited clause filters
