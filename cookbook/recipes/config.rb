@@ -41,7 +41,7 @@ template config_path do
 end
 
 file ::File.join(config_dir, '.chef-restart-settings.json') do
-  content JSON.pretty_generate(PushJobsCookbook::Helpers.restart_settings(settings)) + "\n"
+  content Chef::JSONCompat.to_json_pretty(PushJobsCookbook::Helpers.restart_settings(settings)) + "\n"
   owner 'root'
   group 'root'
   mode '0644'

@@ -24,9 +24,14 @@ if [ -z "$py" ]; then
     exit 1
 fi
 rm -rf "$VENV"
-"$py" -m venv "$VENV"
+# No pip inside the virtualenv: the package owns it. pip runs from the
+# wheel the package carries (a documented way to run pip), which is
+# also much faster than ensurepip. A host-wide pip configuration (index,
+# constraints) must not leak in: empty environment, no config file.
+"$py" -m venv --without-pip "$VENV"
+pip_whl=$(ls "$WHEELS"/pip-*.whl | head -n 1)
 env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin PIP_CONFIG_FILE=/dev/null \
-    "$VENV/bin/pip" install --quiet --no-index --no-cache-dir \
+    "$VENV/bin/python" "$pip_whl/pip" install --quiet --no-index --no-cache-dir \
     --disable-pip-version-check --find-links "$WHEELS" "$WHEELS"/pushjobs-*.whl
 chown -R root:root "$VENV"
 

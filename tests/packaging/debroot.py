@@ -9,14 +9,18 @@ chroot; the maintainer scripts detect that (no /run/systemd/system) and only
 record the unit's enablement, which the tests check.
 
 `prepared_tarball()` runs `debootstrap --variant=minbase --include=python3,
-python3-venv bookworm` once and keeps the result as
+python3-venv,procps bookworm` (the packages' dependencies) once and keeps the result as
 /var/cache/pushjobs-tests/bookworm-<hash>.tar (the hash covers everything
 that shapes the root), so later runs only unpack it (seconds). A cold run
 takes about a minute on the test machine.
 
-`DebianRoot` unpacks the tarball into a fresh directory, mounts /proc inside
-it, and on `close()` kills whatever the test started there, unmounts and
-deletes the directory -- refusing to delete while anything is still mounted
+`DebianRoot` gives each test module a fresh root without copying it: the
+tarball is unpacked once more into a read-only tree beside it
+(bookworm-<hash>.tree/), and each root is an overlayfs mount with that tree
+as its lower layer, so only what the test changes is written (falls back to
+unpacking the tarball when overlayfs is not available). It mounts /proc
+inside, and on `close()` kills whatever the test started there, unmounts and
+deletes its directory -- refusing to delete while anything is still mounted
 below it.
 """
 
@@ -39,7 +43,7 @@ log = logging.getLogger(__name__)
 CACHE_DIR = Path(os.environ.get("PUSHJOBS_TEST_CACHE", "/var/cache/pushjobs-tests"))
 SUITE = "bookworm"
 VARIANT = "minbase"
-INCLUDE = ("python3", "python3-venv")
+INCLUDE = ("python3", "python3-venv", "procps")
 MIRROR = os.environ.get("PUSHJOBS_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 #: Bump when the way the root is prepared changes (invalidates the cache).
 RECIPE = "1"
@@ -88,7 +92,29 @@ def prepared_tarball(cache_dir: Path = CACHE_DIR) -> Path:
             partial.rename(tarball)
         finally:
             _remove_tree(work)
+        # roots prepared by an older recipe are of no further use
+        for stale in cache_dir.glob(f"{SUITE}-*"):
+            if not stale.name.startswith(tarball.name):
+                _remove_tree(stale) if stale.is_dir() else stale.unlink()
     return tarball
+
+
+def prepared_tree(tarball: Path) -> Path:
+    """The tarball unpacked once into `<tarball>.tree` (overlay lower layer)."""
+    tree = tarball.with_suffix(".tree")
+    done = tree / ".pushjobs-complete"
+    if done.exists():
+        return tree
+    with open(tarball.parent / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if done.exists():
+            return tree
+        _remove_tree(tree)
+        tree.mkdir()
+        subprocess.run(["tar", "-C", str(tree), "--numeric-owner", "-xf", str(tarball)],
+                       check=True)
+        done.touch()
+    return tree
 
 
 def _mounts_below(path: Path) -> list[str]:
@@ -117,18 +143,35 @@ class DebianRoot:
     """One throwaway Debian root unpacked from the cached tarball."""
 
     def __init__(self, tarball: Path, parent: Optional[Path] = None):
-        self.path = Path(tempfile.mkdtemp(prefix="pushjobs-debroot-", dir=parent))
+        self.base = Path(tempfile.mkdtemp(prefix="pushjobs-debroot-", dir=parent))
+        self.path = self.base / "root"
+        self.path.mkdir()
         self._procs: list[subprocess.Popen] = []
         self._mounted: list[Path] = []
         try:
-            subprocess.run(["tar", "-C", str(self.path), "--numeric-owner", "-xf", str(tarball)],
-                           check=True)
+            if not self._mount_overlay(prepared_tree(tarball)):
+                subprocess.run(["tar", "-C", str(self.path), "--numeric-owner", "-xf",
+                                str(tarball)], check=True)
             proc_dir = self.path / "proc"
             subprocess.run(["mount", "-t", "proc", "proc", str(proc_dir)], check=True)
             self._mounted.append(proc_dir)
         except BaseException:
             self.close()
             raise
+
+    def _mount_overlay(self, lower: Path) -> bool:
+        upper, work = self.base / "upper", self.base / "work"
+        upper.mkdir()
+        work.mkdir()
+        res = subprocess.run(
+            ["mount", "-t", "overlay", "overlay", "-o",
+             f"lowerdir={lower},upperdir={upper},workdir={work}", str(self.path)],
+            capture_output=True, text=True)
+        if res.returncode != 0:
+            log.warning("overlayfs unavailable (%s); unpacking the tarball", res.stderr.strip())
+            return False
+        self._mounted.append(self.path)
+        return True
 
     # --- files --------------------------------------------------------------
     def host_path(self, inside: str) -> Path:
@@ -213,7 +256,7 @@ class DebianRoot:
             if res.returncode != 0:
                 subprocess.run(["umount", "-l", str(mnt)], capture_output=True, text=True)
         self._mounted.clear()
-        _remove_tree(self.path)
+        _remove_tree(self.base)
 
     def __enter__(self) -> "DebianRoot":
         return self

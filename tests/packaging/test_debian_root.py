@@ -22,6 +22,7 @@ from __future__ import annotations
 import configparser
 import shlex
 import stat
+import subprocess
 import time
 from pathlib import Path
 from typing import Iterator
@@ -30,6 +31,7 @@ import pytest
 import requests
 
 from tests.helpers.server import Principal, SignedClient, free_ports
+from tests.packaging.conftest import require
 from tests.packaging.debroot import DebianRoot
 
 pytestmark = pytest.mark.packaging
@@ -132,6 +134,20 @@ def test_install_runs_the_post_install_steps(installed: DebianRoot) -> None:
     assert root.run(["push-jobs-client", "--version"]).returncode == 0
 
 
+def test_installed_units_verify(installed: DebianRoot) -> None:
+    """`systemd-analyze verify` of the units as installed, against the root's
+    real binaries (systemd's own target units copied in beside them)."""
+    require("systemd-analyze")
+    root = installed
+    unit_dir = root.host_path("/lib/systemd/system")
+    subprocess.run(["cp", "-an", "/usr/lib/systemd/system/.", str(unit_dir)], check=True)
+    res = subprocess.run(["systemd-analyze", "verify", f"--root={root.path}",
+                          "/lib/systemd/system/push-jobs-server.service",
+                          "/lib/systemd/system/push-jobs-client.service"],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
 def test_server_ctl_agent_and_a_job(installed: DebianRoot, tmp_path: Path) -> None:
     root = installed
     api, hb, cmd = free_ports(3)
@@ -194,7 +210,7 @@ def test_server_ctl_agent_and_a_job(installed: DebianRoot, tmp_path: Path) -> No
             return r.status_code == 200 and r.json().get("availability") == "available"
 
         wait_while_running(node_up, procs, timeout=60, message=f"{NODE} available")
-        job_id = http.create_job("hello", [NODE])
+        job_id = http.create_job("hello", [NODE], capture_output=True)
         job: dict = {}
 
         def finished() -> bool:
@@ -205,8 +221,13 @@ def test_server_ctl_agent_and_a_job(installed: DebianRoot, tmp_path: Path) -> No
         assert job["status"] == "complete", job
         assert job["nodes"] == {"succeeded": [NODE]}, job
         out = http.get(f"jobs/{job_id}/output/{NODE}/stdout")
-        if out.status_code == 200:
-            assert "hello from the package" in out.text
+        assert out.status_code == 200 and "hello from the package" in out.text, out.text
+
+        # the packaged CLI (/usr/bin/pushjobs), inside the root
+        cli = root.run(["pushjobs", "--server-url", f"{base_url}/organizations/{ORG}",
+                        "-u", "alice", "-k", "/tmp/alice.pem", "job", "start", "whoami", NODE,
+                        "--capture", "--poll-interval", "0.2"], check=False, timeout=120)
+        assert cli.returncode == 0, cli.stdout + cli.stderr
     finally:
         http.close()
         root.stop(agent)

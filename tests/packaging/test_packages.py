@@ -56,7 +56,7 @@ def test_deb_metadata_and_contents(built_packages, name: str) -> None:
     assert f"Version: {version()}-1" in info
     depends = re.search(r"^ Depends: (.*)$", info, re.M).group(1)
     assert {d.strip() for d in depends.split(",")} == {
-        "python3 (>= 3.11)", "python3 (<< 3.12)", "python3-venv", "libc6"}
+        "python3 (>= 3.11)", "python3 (<< 3.12)", "python3-venv", "libc6", "procps"}
     conffiles = sh("dpkg-deb", "-f", str(deb), "Package")  # sanity: field access works
     assert conffiles.strip() == name
     control = sh("dpkg-deb", "--ctrl-tarfile", str(deb))  # noqa: F841 - must be readable
