@@ -27,7 +27,8 @@ def test_job_options_reach_the_command(server: Any, agent_factory: Any, tmp_path
     server.create_org("acme")
     alice = server.create_user("alice", org="acme", admin=True)
     http = server.client(alice)
-    agent = agent_factory(server, "acme", "n1", whitelist={"show": SHOW, "sleepy": "sleep 30"})
+    agent = agent_factory(server, "acme", "n1", whitelist={"show": SHOW, "sleepy": "sleep 30"},
+                          settings={"roles": ["web"], "tags": ["canary"]})
     agent.wait_available(http)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PUSHJOBS_")}
     env.update(HOME=str(tmp_path), PUSHJOBS_SERVER_URL=f"{server.base_url}/organizations/acme",
@@ -58,6 +59,14 @@ def test_job_options_reach_the_command(server: Any, agent_factory: Any, tmp_path
     err = cli("job", "output", job["id"], "n1", "--channel", "stderr").stdout
     lines = out.stdout.splitlines()
     assert len(lines) >= 2 and lines[1] == "0001feff", (out.stdout, err)  # the --file bytes, exactly
+
+    # the agent reported its roles and tags: --search finds it
+    from tests.helpers.server import wait_for
+
+    wait_for(lambda: http.get("/organizations/acme/search/node", params={"q": "role:web"}).json()["total"] == 1,
+             timeout=10, message="n1 in the node inventory")
+    cp = cli("job", "start", "--search", "role:web AND tags:canary", "show", "-F", "json")
+    assert cp.returncode == 0 and json.loads(cp.stdout)["nodes"] == {"succeeded": ["n1"]}, cp.stderr
 
     cp = cli("job", "start", "--timeout", "1", "sleepy", "n1", "-F", "json")
     assert cp.returncode == 1
