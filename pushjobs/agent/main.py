@@ -243,6 +243,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.version:
         print(f"Push Client: {_version()}")
         return 0
+    # until the settings say where to log: warnings (e.g. skipped client.rb lines) to stderr
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     overrides = {k: getattr(args, k) for k in (
         "allow_unencrypted", "file_dir", "client_key", "log_level", "log_location",
         "node_name", "chef_server_url", "max_body_size")}
