@@ -86,6 +86,10 @@ class PushJobsApplication(BaseApplication):
         if s.ssl_certificate and s.ssl_certificate_key:
             options["certfile"] = s.ssl_certificate
             options["keyfile"] = s.ssl_certificate_key
+        # gunicorn ≥ 24's control socket lives at one path per user (~/.gunicorn): several
+        # servers on a host would fight over it, and we do not use it
+        if "control_socket_disable" in self.cfg.settings:
+            options["control_socket_disable"] = True
         for key, value in options.items():
             self.cfg.set(key, value)
 
@@ -106,7 +110,12 @@ class PushJobsApplication(BaseApplication):
         if store.is_postgres_url(url):
             store.make_cooperative()
         store.open_database(self.settings, migrate=False)
-        self.runtime.start()
+        try:
+            self.runtime.start()
+        except Exception as exc:
+            # e.g. a ZeroMQ port in use: the worker cannot boot and the master exits (status 3)
+            log.error("cannot start the push-jobs services: %s", exc)
+            raise
         log.info("worker %d serving the API on %s:%d (incarnation %s)", os.getpid(),
                  self.settings.api_listen_address, self.settings.api_port,
                  getattr(self.runtime, "incarnation_id", "?"))

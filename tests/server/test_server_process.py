@@ -82,6 +82,18 @@ def test_unreachable_database_exits_2(tmp_path):
     assert len(cp.stderr.strip().splitlines()) == 1
 
 
+def test_zeromq_port_in_use_stops_the_server(tmp_path):
+    """The worker cannot boot; the master must exit (not respawn forever) and say why."""
+    s = ServerProcess(tmp_path / "srv")
+    s.init()
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", s.command_port))
+        blocker.listen()
+        cp = _run_server(s.config_path, timeout=60)
+    assert cp.returncode != 0
+    assert "cannot start the push-jobs services" in cp.stderr and "Address already in use" in cp.stderr
+
+
 def test_usage():
     cp = subprocess.run([SERVER_BIN, "--help"], capture_output=True, text=True, timeout=30)
     assert cp.returncode == 0 and "-c CONFIG" in cp.stdout
