@@ -47,6 +47,29 @@ whose paths are relative to `/organizations/ORG/pushy/` unless they start with
 `/`; `client.signed_headers(...)` exposes the raw Chef headers so auth tests
 can tamper with them.
 
+API summary (see each docstring):
+
+| ServerProcess | |
+|---|---|
+| `start()`, `wait_ready()`, `stop() -> rc`, `kill()`, `restart()`, `signal(sig)` | process control (SIGTERM on stop; SIGKILL of the group on kill) |
+| `ctl(*args, check=True)`, `init()` | run `push-jobs-server-ctl -c FILE ...` |
+| `create_org`, `create_user(name, org, admin=)`, `create_client(name, org)`, `add_to_group`, `remove_from_group` | identities through the ctl; users/clients return a `Principal` |
+| `client(principal, version="1.1", org=None)` | a `SignedClient` (paths relative to `/organizations/ORG/pushy/`) |
+| `status()` | `GET /pushy/_status` as a dict |
+| `base_url`, `out_addr`, `command_addr`, `api_port`, `server_heartbeat_port`, `command_port` | where it listens |
+| `config_path`, `data_dir`, `log_path`, `keys_dir`, `server_public_key_path`, `verify` | files; `verify` is what `requests` should verify HTTPS with |
+| `log_text()`, `log_tail()`, `wait_log(needle)` | the server's stdout+stderr |
+
+| SignedClient | |
+|---|---|
+| `get/post/put/delete/request(path, json=, body=, params=, headers=, version=, sign=, drop=, override=, timestamp=, user_id=)` | signed request (tamper knobs for auth tests) |
+| `signed_headers(method, path, body)` | the raw Chef headers |
+| `create_job(command, nodes, **fields) -> id`, `job(id)`, `wait_job(id, statuses, timeout)` | job shortcuts |
+
+Fixtures: `server` (fresh per test), `server_factory` (function scope),
+`module_server_factory` (one per module). `wait_for(predicate, timeout)` is
+the polling helper.
+
 Nothing here sleeps for luck: every wait is a poll with a deadline.
 """
 
