@@ -212,6 +212,21 @@ def test_search_shape_grammar_and_paging(app: Any) -> None:
     assert _search(app, "tags:search-test").get_json()["total"] == 2
 
 
+def test_partial_search(app: Any) -> None:
+    alice = Api(app, "alice")
+    alice.req("PUT", f"{N}/ps1", node("ps1", automatic={"ipaddress": "10.1.1.1", "kernel": {"name": "Linux"}},
+                                      normal={"tags": ["partial"]}))
+    r = Api(app, "bob").req("POST", S, {"name": ["name"], "ip": ["ipaddress"], "k": ["kernel", "name"],
+                                        "none": ["no", "such"]}, query="q=tags:partial")
+    assert r.status_code == 200, r.get_json()
+    body = r.get_json()
+    assert body["total"] == 1
+    assert body["rows"][0]["url"].endswith("/organizations/acme/nodes/ps1")
+    assert body["rows"][0]["data"] == {"name": "ps1", "ip": "10.1.1.1", "k": "Linux", "none": None}
+    r = Api(app, "bob").req("POST", S, {"name": "name"}, query="q=*:*")
+    assert r.status_code == 400 and "partial search" in r.get_json()["error"][0]
+
+
 @pytest.mark.parametrize("q, pos", [("role:(web", 9), ("role:web AND", 12), ('name:"x', 5)])
 def test_search_malformed_query_is_400_with_position(app: Any, q: str, pos: int) -> None:
     r = _search(app, q)

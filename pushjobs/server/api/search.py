@@ -1,5 +1,9 @@
 """Search: GET …/organizations/ORG/search/node?q=QUERY&start=N&rows=N (Chef's API).
 
+POST with a body `{"alias": ["path", "to", "attr"]}` is Chef's partial search
+(what `knife search -a` and `knife ssh` send): rows are then
+`{"url", "data": {alias: value}}`.
+
 The query language and matching live in `pushjobs.server.search` (pure);
 this module only loads the org's nodes and maps errors. Response shape is
 Chef's: `{"total", "start", "rows": [node objects]}`, rows ordered by name,
@@ -21,9 +25,9 @@ from typing import Any
 from flask import Blueprint, Response, current_app, g, request
 
 from pushjobs.server.api.errors import error, json_response
-from pushjobs.server.api.nodes import node_document
+from pushjobs.server.api.nodes import node_document, node_uri
 from pushjobs.server.auth import signed_request
-from pushjobs.server.search import DEFAULT_ROWS, QueryError, expand_node, parse_query
+from pushjobs.server.search import DEFAULT_ROWS, QueryError, deep_merge, expand_node, parse_query
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +72,35 @@ def _expansions(rows: list[Any]) -> list[dict]:
     return out
 
 
+def _partial_spec(body: bytes) -> dict[str, list[str]]:
+    """Chef's partial search body: `{"alias": ["path", "to", "attr"], ...}`; 400 otherwise."""
+    import json
+
+    try:
+        spec = json.loads(body.decode("utf-8")) if body else None
+    except (UnicodeDecodeError, ValueError) as e:
+        raise error(400, f"invalid partial search body: {e}") from None
+    if not isinstance(spec, dict) or not all(
+            isinstance(v, list) and v and all(isinstance(p, str) for p in v) for v in spec.values()):
+        raise error(400, 'invalid partial search body: expected {"NAME": ["path", "to", "attribute"], ...}')
+    return spec
+
+
+def partial_data(node: dict, spec: dict[str, list[str]]) -> dict[str, Any]:
+    """The values a partial search asks for, looked up in the merged node (None when absent)."""
+    merged: Any = {}
+    for level in ("default", "normal", "override", "automatic"):
+        merged = deep_merge(merged, node.get(level) or {})
+    merged.update({k: node[k] for k in ("name", "chef_environment", "run_list") if k in node})
+    out: dict[str, Any] = {}
+    for alias, path in spec.items():
+        cur: Any = merged
+        for key in path:
+            cur = cur.get(key) if isinstance(cur, dict) else None
+        out[alias] = cur
+    return out
+
+
 @bp.route("/search", methods=["GET"])
 @signed_request("read")
 def list_indexes(org: str) -> Response:
@@ -75,11 +108,12 @@ def list_indexes(org: str) -> Response:
     return json_response({"node": f"{scheme}://{request.host}/organizations/{org}/search/node"})
 
 
-@bp.route("/search/<index>", methods=["GET"])
+@bp.route("/search/<index>", methods=["GET", "POST"])
 @signed_request("read")
 def search(org: str, index: str) -> Response:
     from pushjobs.server.store import Node
 
+    partial = _partial_spec(g.body) if request.method == "POST" else None
     if index != "node":
         raise error(404, f"I don't know how to search for {index} data objects.")
     q = request.args.get("q", "*:*")
@@ -96,6 +130,8 @@ def search(org: str, index: str) -> Response:
     full = {n.id: n for i in range(0, len(page_ids), BATCH)
             for n in Node.select().where(Node.id.in_(page_ids[i:i + BATCH]))}
     page = [node_document(full[i]) for i in page_ids if i in full]
+    if partial is not None:
+        page = [{"url": node_uri(org, n["name"]), "data": partial_data(n, partial)} for n in page]
     log.debug("search %s/%s q=%r: %d hits", org, index, q, len(hits))
     return json_response({"total": len(hits), "start": start, "rows": page})
 
