@@ -1,7 +1,6 @@
 """The job runner with real child processes."""
 import os
 import pwd
-import stat
 import sys
 import threading
 import time
