@@ -234,6 +234,29 @@ def test_server_ctl_agent_and_a_job(installed: DebianRoot, tmp_path: Path) -> No
         root.stop(server)
 
 
+def test_upgrade_keeps_the_edited_settings_and_the_data(installed: DebianRoot,
+                                                        built_packages) -> None:
+    """Reinstalling (dpkg's upgrade path: preinst upgrade, postinst configure
+    OLD) rebuilds the virtualenv but keeps the edited conffile and the data,
+    and does not run `ctl init` again."""
+    root = installed
+    conf = root.host_path(SERVER_CONF)
+    conf.write_text(conf.read_text() + "# edited by the operator\n")
+    edited = conf.read_text()
+    data = root.host_path("/var/lib/push-jobs-server")
+    before = {p.name: p.stat().st_mtime_ns for p in data.iterdir() if p.suffix == ".pem"}
+    deb = "/tmp/" + built_packages[("push-jobs-server", "deb")].name
+    res = root.run(["dpkg", "-i", deb], network=False, timeout=600)
+    assert "dpkg: error" not in res.stderr, res.stderr
+    assert conf.read_text() == edited
+    assert {p.name: p.stat().st_mtime_ns for p in data.iterdir() if p.suffix == ".pem"} == before
+    assert root.run(["test", "-x", "/opt/push-jobs-server/bin/push-jobs-server"],
+                    check=False).returncode == 0
+    orgs = root.run(["push-jobs-server-ctl", "org-list"], user="push-jobs",
+                    env={"HOME": "/var/lib/push-jobs-server"})
+    assert ORG in orgs.stdout  # made by the job test: the database survived
+
+
 def test_remove_keeps_data_and_purge_removes_it(installed: DebianRoot) -> None:
     root = installed
     uid_gid = root.ids("push-jobs")
