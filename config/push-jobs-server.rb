@@ -11,8 +11,9 @@
 #
 # Durations keep the original server's units: milliseconds for the
 # settings heartbeat_interval and rehab_timer, seconds for all others.
-# After editing: `systemctl restart push-jobs-server` (`systemctl reload`
-# sends SIGHUP, which re-reads only the settings that can change live).
+# After editing: `systemctl reload push-jobs-server` (SIGHUP: the file is
+# re-read and the worker process replaced -- jobs in flight end as after a
+# crash) or `systemctl restart push-jobs-server`.
 # `push-jobs-server-ctl show-config` prints the effective values and where
 # each one came from.
 
