@@ -23,7 +23,6 @@ import pytest
 import requests
 
 from pushjobs.protocol.keys import curve_keypair, rsa_decrypt, z85_decode
-from tests.helpers.server import wait_for
 from tests.server.test_api_job_validation import ORIGINAL_RULES
 
 pytestmark = pytest.mark.e2e
