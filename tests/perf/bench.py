@@ -42,7 +42,7 @@ import requests
 
 from tests.perf import procstat
 from tests.perf.collapsed import report as profile_report
-from tests.perf.harness import Bench, append_result, median, pct, start_profile, table
+from tests.perf.harness import Bench, HeartbeatWatch, append_result, median, pct, start_profile, table
 
 TERMINAL = ("complete", "quorum_failed", "timed_out", "crashed", "aborted")
 
@@ -55,9 +55,10 @@ def log(msg: str) -> None:
 # 1. steady state
 
 
-def steady_state(b: Bench, seconds: float, profile_dir: Optional[Path]) -> dict[str, Any]:
+def steady_state(b: Bench, seconds: float, profile_dir: Optional[Path], hb: HeartbeatWatch) -> dict[str, Any]:
     worker = b.worker_pid
     time.sleep(5)  # let the start-up transients settle
+    hb.take()
     m0, c0 = b.metrics(), b.fleet_counters()
     s0 = procstat.sample(worker)
     f0 = [procstat.sample(p) for p in b.fleet_pids()]
@@ -91,6 +92,7 @@ def steady_state(b: Bench, seconds: float, profile_dir: Optional[Path]) -> dict[
         "msgs_per_s": msgs, "cpu_us_per_msg": 1e6 * procstat.cpu_share(s0, s1) / msgs if msgs else float("nan"),
         "false_downs": extra_aborts, "fleet_reconfigures": reconfigures,
         "min_online": min_online, "min_available": min_avail, "fleet_cpu": fleet_cpu,
+        "max_heartbeat_gap": hb.take(),
         "dropped": {k: v for k, v in m1.items() if k.startswith("pushjobs_messages_dropped_total")},
         "profile": str(profile_dir / "steady-server.txt") if prof is not None else None,
     }
@@ -102,8 +104,12 @@ def steady_state(b: Bench, seconds: float, profile_dir: Optional[Path]) -> dict[
 # 2. fan-out
 
 
-def fanout(b: Bench, runs: int, profile_dir: Optional[Path]) -> dict[str, Any]:
+def fanout(b: Bench, runs: int, profile_dir: Optional[Path], hb: HeartbeatWatch) -> dict[str, Any]:
     assert b.admin is not None
+    b.wait_all_available(timeout=120, poll=0.5)
+    time.sleep(5.5)
+    c0 = b.fleet_counters()
+    hb.take()
     names = [f"{b.prefix}{i}" for i in range(1, b.nodes + 1)]
     observed, server_side, post_times, statuses = [], [], [], []
     job_ids = []
@@ -141,7 +147,13 @@ def fanout(b: Bench, runs: int, profile_dir: Optional[Path]) -> dict[str, Any]:
         log(f"fan-out run {run + 1}: {status} in {elapsed:.2f}s (POST {t_post:.2f}s, server-side {server_side[-1]:.2f}s)")
         if prof is not None:
             prof.wait(60)
+    gap = hb.take()
+    time.sleep(5.5)
+    c1 = b.fleet_counters()
     res = {
+        "max_heartbeat_gap": gap,
+        "fleet_reconfigures": c1.get("reconfigures", 0) - c0.get("reconfigures", 0),
+        "aborts": c1.get("received_abort", 0) - c0.get("received_abort", 0),
         "runs": runs, "statuses": statuses, "median": median(observed), "p95": pct(observed, 95),
         "server_median": median(server_side), "server_p95": pct(server_side, 95),
         "post_median": median(post_times), "observed": observed, "job_ids": job_ids,
@@ -155,7 +167,7 @@ def fanout(b: Bench, runs: int, profile_dir: Optional[Path]) -> dict[str, Any]:
 # 3. API
 
 
-def api_load(b: Bench, path: str, seconds: float, threads: int) -> dict[str, Any]:
+def api_load(b: Bench, path: str, seconds: float, threads: int, hb: HeartbeatWatch) -> dict[str, Any]:
     """`threads` clients hammering GET path for `seconds`; headers signed once per client
     (the server verifies every request; re-signing would measure the client's RSA)."""
     assert b.admin is not None and b.server is not None
@@ -186,6 +198,7 @@ def api_load(b: Bench, path: str, seconds: float, threads: int) -> dict[str, Any
             latencies.extend(mine)
             errors += bad
 
+    hb.take()
     s0 = procstat.sample(worker)
     with concurrent.futures.ThreadPoolExecutor(threads) as ex:
         for f in [ex.submit(client) for _ in range(threads)]:
@@ -194,7 +207,7 @@ def api_load(b: Bench, path: str, seconds: float, threads: int) -> dict[str, Any
     dt = s1.at - s0.at
     res = {"path": path, "requests": len(latencies), "errors": errors, "rps": len(latencies) / dt,
            "p50_ms": 1000 * pct(latencies, 50), "p99_ms": 1000 * pct(latencies, 99),
-           "server_cpu": procstat.cpu_share(s0, s1)}
+           "server_cpu": procstat.cpu_share(s0, s1), "max_heartbeat_gap": hb.take()}
     log(f"api: {json.dumps(res)}")
     return res
 
@@ -244,6 +257,7 @@ def suite(a: argparse.Namespace) -> int:
     notes: list[str] = []
     sections: list[str] = []
     ramp = a.ramp if a.ramp is not None else max(5.0, a.nodes / 200.0)
+    hb: Optional[HeartbeatWatch] = None
     try:
         log(f"server ({a.db}) in {b.workdir}")
         b.start_server()
@@ -258,6 +272,7 @@ def suite(a: argparse.Namespace) -> int:
         except TimeoutError as exc:
             notes.append(f"start-up: {exc}")
             raise
+        hb = HeartbeatWatch(b.server.out_addr)
         rss = procstat.sample(b.worker_pid).rss
         log(f"all {a.nodes} available after {t_start:.1f}s (ramp {ramp:.0f}s)")
         sections.append(table(["nodes", "db", "fleet processes", "SUB", "ramp s", "all available after s",
@@ -265,13 +280,14 @@ def suite(a: argparse.Namespace) -> int:
                               [[a.nodes, a.db, b.fleet_processes, b.sub_mode, ramp, t_start, rss / 2**20]]))
 
         if a.steady > 0:
-            st = steady_state(b, a.steady, profile_dir)
+            st = steady_state(b, a.steady, profile_dir, hb)
             sections.append("**Steady state** (1 s heartbeat)\n\n" + table(
                 ["seconds", "server CPU (cores)", "server RSS MiB (max)", "msgs/s in", "CPU µs/msg",
-                 "false downs", "fleet reconfigures", "min online", "min available", "fleet CPU (cores)"],
+                 "false downs", "fleet reconfigures", "min online", "min available", "fleet CPU (cores)",
+                 "max server heartbeat gap s"],
                 [[st["seconds"], st["server_cpu"], st["server_rss_mib"], st["msgs_per_s"], st["cpu_us_per_msg"],
                   st["false_downs"], st["fleet_reconfigures"], st["min_online"], st["min_available"],
-                  st["fleet_cpu"]]]))
+                  st["fleet_cpu"], st["max_heartbeat_gap"]]]))
             if st["dropped"]:
                 sections.append(f"dropped: `{json.dumps(st['dropped'])}`")
             if st["profile"] and os.path.exists(st["profile"]):
@@ -280,14 +296,16 @@ def suite(a: argparse.Namespace) -> int:
 
         job_id = None
         if a.runs > 0:
-            fo = fanout(b, a.runs, profile_dir)
+            fo = fanout(b, a.runs, profile_dir, hb)
             job_id = fo["job_ids"][-1]
             sections.append("**Fan-out** (`chef-client` on all nodes, POST → complete)\n\n" + table(
                 ["runs", "statuses", "median s", "p95 s", "server-side median s", "server-side p95 s",
-                 "POST median s", "all runs s"],
-                [[fo["runs"], ",".join(sorted(set(map(str, fo["statuses"])))), fo["median"], fo["p95"],
+                 "POST median s", "all runs s", "max server heartbeat gap s", "fleet reconfigures",
+                 "aborts received (rehab or re-registration)"],
+                [[fo["runs"], " ".join(map(str, fo["statuses"])), fo["median"], fo["p95"],
                   fo["server_median"], fo["server_p95"], fo["post_median"],
-                  " ".join(f"{x:.2f}" for x in fo["observed"])]]))
+                  " ".join(f"{x:.2f}" for x in fo["observed"]), fo["max_heartbeat_gap"],
+                  fo["fleet_reconfigures"], fo["aborts"]]]))
             if fo["profile"] and os.path.exists(fo["profile"]):
                 sections.append("<details><summary>server profile, last fan-out run (py-spy)</summary>\n\n"
                                 + profile_report(fo["profile"], 12) + "\n\n</details>")
@@ -296,12 +314,12 @@ def suite(a: argparse.Namespace) -> int:
             rows = []
             paths = ["node_states"] + ([f"jobs/{job_id}"] if job_id else [])
             for path in paths:
-                r = api_load(b, path, a.api_seconds, a.api_threads)
+                r = api_load(b, path, a.api_seconds, a.api_threads, hb)
                 rows.append([path.replace(job_id or "-", "ID"), a.api_threads, r["requests"], r["errors"], r["rps"],
-                             r["p50_ms"], r["p99_ms"], r["server_cpu"]])
+                             r["p50_ms"], r["p99_ms"], r["server_cpu"], r["max_heartbeat_gap"]])
             sections.append("**API** (pre-signed GETs, keep-alive)\n\n" + table(
                 ["endpoint", "client threads", "requests", "errors", "req/s", "p50 ms", "p99 ms",
-                 "server CPU"], rows))
+                 "server CPU", "max server heartbeat gap s"], rows))
 
         if a.restart:
             rc = reconnect_storm(b, a.reconnect_timeout)
@@ -317,6 +335,8 @@ def suite(a: argparse.Namespace) -> int:
         log(notes[-1])
         return 1
     finally:
+        if hb is not None:
+            hb.close()
         if b.fleet_proc is not None:
             notes.append("fleet: `" + " ".join(b.fleet_cmd[1:]).replace(str(b.key_path), "KEY") + "`")
         b.stop()

@@ -7,6 +7,9 @@ import re
 import sys
 
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^)]*)\)$")
+#: Leaf frames that mean "waiting": the gevent hub in libev, idle worker threads, pollers.
+IDLE_LEAVES = ("Hub.run (gevent/hub.py)", "_worker (concurrent/futures/thread.py)",
+               "Condition.wait (threading.py)", "Event.wait (threading.py)")
 
 
 def _short(frame: str) -> str:
@@ -22,11 +25,12 @@ def _short(frame: str) -> str:
     return f"{m.group('func')} ({path})"
 
 
-def summarize(path: str, top: int = 15) -> tuple[int, list[tuple[str, int]], list[tuple[str, int]]]:
-    """(total samples, top self-time functions, top inclusive functions) of a collapsed profile."""
+def summarize(path: str, top: int = 15) -> tuple[int, int, list[tuple[str, int]], list[tuple[str, int]]]:
+    """(all samples, busy samples, top self-time functions, top inclusive functions) of a
+    collapsed profile; samples whose leaf is an idle wait (IDLE_LEAVES) are left out."""
     self_t: collections.Counter = collections.Counter()
     incl: collections.Counter = collections.Counter()
-    total = 0
+    total = idle = 0
     with open(path) as fh:
         for line in fh:
             line = line.rstrip("\n")
@@ -41,15 +45,20 @@ def summarize(path: str, top: int = 15) -> tuple[int, list[tuple[str, int]], lis
             if not frames:
                 continue
             total += count
+            if frames[-1] in IDLE_LEAVES:
+                idle += count
+                continue
             self_t[frames[-1]] += count
             for f in set(frames):
                 incl[f] += count
-    return total, self_t.most_common(top), incl.most_common(top)
+    return total, total - idle, self_t.most_common(top), incl.most_common(top)
 
 
 def report(path: str, top: int = 15) -> str:
-    total, self_t, incl = summarize(path, top)
-    lines = [f"samples: {total}", "", "| self % | function |", "|---:|---|"]
+    """Markdown tables; percentages are of the busy (non-idle) samples."""
+    everything, total, self_t, incl = summarize(path, top)
+    lines = [f"samples: {everything}, busy: {total} ({100 * total / max(1, everything):.0f} %); "
+             "percentages of busy samples", "", "| self % | function |", "|---:|---|"]
     lines += [f"| {100 * n / max(1, total):.1f} | `{f}` |" for f, n in self_t]
     lines += ["", "| inclusive % | function |", "|---:|---|"]
     lines += [f"| {100 * n / max(1, total):.1f} | `{f}` |" for f, n in incl]

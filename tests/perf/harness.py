@@ -16,6 +16,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -192,6 +193,55 @@ class Bench:
             self.server.close()
         if self._pg is not None:
             self._pg.close()
+
+
+# --- the server's heartbeat, as a node sees it -----------------------------------
+
+
+class HeartbeatWatch:
+    """A SUB on the server's heartbeat port in a thread: the largest gap between two server
+    heartbeats. A gap of several intervals means the server's one event loop was blocked,
+    and every node counts the server offline after 4 missed intervals."""
+
+    def __init__(self, out_addr: str):
+        import zmq
+
+        self._zmq = zmq
+        self.ctx = zmq.Context()
+        self.sub = self.ctx.socket(zmq.SUB)
+        self.sub.setsockopt(zmq.LINGER, 0)
+        self.sub.setsockopt(zmq.SUBSCRIBE, b"")
+        self.sub.connect(out_addr)
+        self.last: Optional[float] = None
+        self.max_gap = 0.0
+        self.count = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="hb-watch")
+        self._thread.start()
+
+    def _run(self) -> None:
+        zmq = self._zmq
+        while not self._stop.is_set():
+            if self.sub.poll(200):
+                self.sub.recv_multipart()
+                now = time.monotonic()
+                if self.last is not None:
+                    self.max_gap = max(self.max_gap, now - self.last)
+                self.last = now
+                self.count += 1
+
+    def take(self) -> float:
+        """The largest gap since the last call (seconds), and start a new window."""
+        gap, self.max_gap = self.max_gap, 0.0
+        if self.last is not None:
+            gap = max(gap, time.monotonic() - self.last)
+        return gap
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self.sub.close(0)
+        self.ctx.term()
 
 
 # --- profiling -----------------------------------------------------------------
