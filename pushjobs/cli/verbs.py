@@ -36,6 +36,7 @@ FEED_RETRIES = 3
 MAX_FILE_BYTES = 100_000
 QUORUM_RE = re.compile(r"^(\d+)(%?)$")
 SETTLE_TIMEOUT = 10.0
+RECONNECT_TIMEOUT = 30.0
 EXIT_INTERRUPTED = 130
 
 
@@ -443,6 +444,15 @@ class Progress:
             stream.write(text + "\n")
         stream.flush()
 
+    def note(self, text: str) -> None:
+        """A message outside the event flow (lost contact, reconnected)."""
+        stream = self.out.progress_stream
+        if self.tty:
+            stream.write("\r\x1b[K" + text + "\n" + self.summary_line())
+        else:
+            stream.write(text + "\n")
+        stream.flush()
+
     def finish(self, job: dict) -> None:
         self.status = str(job.get("status", self.status))
         if self.tty:
@@ -454,16 +464,44 @@ class Progress:
             stream.flush()
 
 
+class _Reconnect:
+    """Rides out a server restart or a network blip while following a job: retries an
+    unreachable server with backoff for up to RECONNECT_TIMEOUT seconds, then gives up."""
+
+    def __init__(self, progress: "Progress"):
+        self.progress = progress
+        self.deadline: Optional[float] = None
+        self.delay = 0.2
+
+    def failed(self, exc: CliError) -> None:
+        now = time.monotonic()
+        if self.deadline is None:
+            self.deadline = now + RECONNECT_TIMEOUT
+            self.progress.note(f"lost contact with the server ({exc.message}); retrying for "
+                               f"up to {RECONNECT_TIMEOUT:.0f}s")
+        if now >= self.deadline:
+            raise exc
+        time.sleep(self.delay)
+        self.delay = min(self.delay * 2, 2.0)
+
+    def ok(self) -> None:
+        if self.deadline is not None:
+            self.progress.note("reconnected")
+        self.deadline, self.delay = None, 0.2
+
+
 def follow_job(api: ApiClient, job_id: str, progress: Progress, poll_interval: float) -> None:
     """Follow the job's SSE feed until it ends; fall back to polling when there is no feed."""
     rel = f"pushy/job_status_feed/{quote_segment(job_id)}"
     last_id: Optional[str] = None
-    failures = 0
-    while failures <= FEED_RETRIES:
+    empty_streams = 0
+    reconnect = _Reconnect(progress)
+    while empty_streams <= FEED_RETRIES:
         parser = SSEParser()
         got_any = False
         try:
             for chunk in api.stream_lines(rel, last_id):
+                reconnect.ok()
                 for ev in parser.feed(chunk):
                     got_any = True
                     last_id = ev.id or last_id
@@ -476,26 +514,34 @@ def follow_job(api: ApiClient, job_id: str, progress: Progress, poll_interval: f
                 progress.on_event(ev)
                 if ev.name in ("job_complete", "summary"):
                     return
+            # the stream ended without job_complete: finished meanwhile, or a dropped connection
+            job = _get_job(api, job_id)
+            reconnect.ok()
         except CliError as e:
             if e.status in (404, 405, 406, 501):
                 break  # no feed on this server: poll like knife-push
             if e.status is None:
-                failures += 1
-                time.sleep(min(poll_interval, 1.0))
+                reconnect.failed(e)
                 continue
             raise
-        # the stream ended without job_complete: finished meanwhile, or a dropped connection
-        job = _get_job(api, job_id)
         if job.get("status") in TERMINAL_JOB:
             return
-        failures = 0 if got_any else failures + 1
+        empty_streams = 0 if got_any else empty_streams + 1
         time.sleep(min(poll_interval, 0.5))
     poll_job(api, job_id, progress, poll_interval)
 
 
 def poll_job(api: ApiClient, job_id: str, progress: Progress, poll_interval: float) -> None:
+    reconnect = _Reconnect(progress)
     while True:
-        job = _get_job(api, job_id)
+        try:
+            job = _get_job(api, job_id)
+        except CliError as e:
+            if e.status is None:
+                reconnect.failed(e)
+                continue
+            raise
+        reconnect.ok()
         progress.on_job(job)
         if job.get("status") in TERMINAL_JOB:
             return

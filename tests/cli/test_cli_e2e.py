@@ -289,6 +289,38 @@ def test_ctrl_c_while_following_leaves_the_job_running(fresh: Env) -> None:
     fresh.http.wait_job(job_id)
 
 
+def test_following_rides_out_a_server_restart(server_factory: Any, tmp_path: Path) -> None:
+    srv = server_factory(heartbeat_interval=150)
+    srv.create_org("acme")
+    alice = srv.create_user("alice", org="acme", admin=True)
+    http = srv.client(alice)
+    fake = FakeNode(srv, srv.create_client("r1", org="acme"))
+    fake.run_result = None  # still running when the server goes away
+    fake.start()
+    try:
+        fake.wait_idle_on_server(http, timeout=15)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PUSHJOBS_")}
+        env.update(HOME=str(tmp_path), PUSHJOBS_SERVER_URL=f"{srv.base_url}/organizations/acme",
+                   PUSHJOBS_USER="alice", PUSHJOBS_KEY=str(alice.key_path))
+        proc = subprocess.Popen([PUSHJOBS, "job", "start", "sleep 999", "r1"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=env)
+        try:
+            assert proc.stdout is not None
+            job_id = started_id(proc.stdout.readline())
+            wait_for(lambda: http.job(job_id)["status"] == "running", timeout=10, message="running")
+            srv.restart()
+            out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    finally:
+        fake.stop()
+    assert proc.returncode == 1, (out, err)
+    assert "lost contact with the server" in out and "reconnected" in out
+    assert "status:         crashed" in out or "status:      crashed" in out, out
+    assert err == ""
+
+
 # --- job list / status / output errors ---------------------------------------------------
 
 
