@@ -48,6 +48,7 @@ MIRROR = os.environ.get("PUSHJOBS_DEBIAN_MIRROR", "http://deb.debian.org/debian"
 #: Bump when the way the root is prepared changes (invalidates the cache).
 RECIPE = "1"
 DEBOOTSTRAP_TIMEOUT = 600
+TREE_MARKER = ".pushjobs-complete"
 
 #: A minimal, predictable environment for commands run inside the root.
 CHROOT_ENV = {
@@ -90,19 +91,28 @@ def prepared_tarball(cache_dir: Path = CACHE_DIR) -> Path:
             subprocess.run(["tar", "-C", str(root), "--numeric-owner", "-cf", str(partial), "."],
                            check=True)
             partial.rename(tarball)
+            # the fresh root doubles as the overlay lower layer (saves unpacking it)
+            tree = tarball.with_suffix(".tree")
+            _remove_tree(tree)
+            root.rename(tree)
+            (tree / TREE_MARKER).touch()
         finally:
             _remove_tree(work)
         # roots prepared by an older recipe are of no further use
         for stale in cache_dir.glob(f"{SUITE}-*"):
-            if not stale.name.startswith(tarball.name):
-                _remove_tree(stale) if stale.is_dir() else stale.unlink()
+            if stale.name.startswith(tarball.stem + "."):
+                continue
+            if stale.is_dir():
+                _remove_tree(stale)
+            else:
+                stale.unlink()
     return tarball
 
 
 def prepared_tree(tarball: Path) -> Path:
     """The tarball unpacked once into `<tarball>.tree` (overlay lower layer)."""
     tree = tarball.with_suffix(".tree")
-    done = tree / ".pushjobs-complete"
+    done = tree / TREE_MARKER
     if done.exists():
         return tree
     with open(tarball.parent / ".lock", "w") as lock:
