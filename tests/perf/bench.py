@@ -112,6 +112,7 @@ def fanout(b: Bench, runs: int, profile_dir: Optional[Path], hb: HeartbeatWatch)
     hb.take()
     names = [f"{b.prefix}{i}" for i in range(1, b.nodes + 1)]
     observed, server_side, post_times, statuses = [], [], [], []
+    node_counts: list[dict[str, int]] = []
     job_ids = []
     worker = b.worker_pid
     for run in range(runs):
@@ -138,6 +139,9 @@ def fanout(b: Bench, runs: int, profile_dir: Optional[Path], hb: HeartbeatWatch)
                     break
             time.sleep(0.05)
         elapsed = time.monotonic() - t0
+        jr = b.admin.get(f"jobs/{job_id}")
+        if jr.status_code == 200:
+            node_counts.append({k: len(v) for k, v in jr.json().get("nodes", {}).items()})
         m1 = b.metrics()
         key = 'pushjobs_job_duration_seconds_sum{status="complete"}'
         server_side.append(m1.get(key, 0) - m0.get(key, 0))
@@ -154,7 +158,7 @@ def fanout(b: Bench, runs: int, profile_dir: Optional[Path], hb: HeartbeatWatch)
         "max_heartbeat_gap": gap,
         "fleet_reconfigures": c1.get("reconfigures", 0) - c0.get("reconfigures", 0),
         "aborts": c1.get("received_abort", 0) - c0.get("received_abort", 0),
-        "runs": runs, "statuses": statuses, "median": median(observed), "p95": pct(observed, 95),
+        "runs": runs, "statuses": statuses, "node_counts": node_counts, "median": median(observed), "p95": pct(observed, 95),
         "server_median": median(server_side), "server_p95": pct(server_side, 95),
         "post_median": median(post_times), "observed": observed, "job_ids": job_ids,
         "profile": str(profile_dir / "fanout-server.txt") if profile_dir is not None else None,
@@ -238,6 +242,7 @@ def reconnect_storm(b: Bench, timeout: float) -> dict[str, Any]:
     c1 = b.fleet_counters()
     res = {"ok": ok, "stop_s": t_stopped, "up_s": t_up, "all_available_after_up_s": t_all,
            "all_available_total_s": t_up + t_all, "server_cpu_during": procstat.cpu_share(s0, s1),
+           "server_cpu_ms_per_node": 1000 * (s1.cpu - s0.cpu) / b.nodes,
            "config_fetches": c1.get("config_fetches", 0) - c0.get("config_fetches", 0),
            "config_failures": c1.get("config_failures", 0) - c0.get("config_failures", 0),
            "progress": progress[:: max(1, len(progress) // 12)]}
@@ -265,6 +270,7 @@ def suite(a: argparse.Namespace) -> int:
         cmd = b.start_fleet(ramp=ramp, duration=a.max_seconds)
         log("fleet: " + " ".join(cmd))
         t0 = time.monotonic()
+        s_start0 = procstat.sample(b.worker_pid)
         try:
             t_start = b.wait_all_available(timeout=ramp + a.startup_timeout, poll=2.0,
                                            on_poll=lambda e, n: log(f"  start-up: {n}/{a.nodes} available")
@@ -273,11 +279,14 @@ def suite(a: argparse.Namespace) -> int:
             notes.append(f"start-up: {exc}")
             raise
         hb = HeartbeatWatch(b.server.out_addr)
-        rss = procstat.sample(b.worker_pid).rss
+        s_start1 = procstat.sample(b.worker_pid)
+        rss = s_start1.rss
+        startup_cpu_ms = 1000 * (s_start1.cpu - s_start0.cpu) / a.nodes
         log(f"all {a.nodes} available after {t_start:.1f}s (ramp {ramp:.0f}s)")
         sections.append(table(["nodes", "db", "fleet processes", "SUB", "ramp s", "all available after s",
-                               "server RSS MiB"],
-                              [[a.nodes, a.db, b.fleet_processes, b.sub_mode, ramp, t_start, rss / 2**20]]))
+                               "server CPU ms per node start (handshake + first messages)", "server RSS MiB"],
+                              [[a.nodes, a.db, b.fleet_processes, b.sub_mode, ramp, t_start, startup_cpu_ms,
+                                rss / 2**20]]))
 
         if a.steady > 0:
             st = steady_state(b, a.steady, profile_dir, hb)
@@ -306,6 +315,11 @@ def suite(a: argparse.Namespace) -> int:
                   fo["server_median"], fo["server_p95"], fo["post_median"],
                   " ".join(f"{x:.2f}" for x in fo["observed"]), fo["max_heartbeat_gap"],
                   fo["fleet_reconfigures"], fo["aborts"]]]))
+            if any(st != "complete" for st in fo["statuses"]) or any(
+                    set(c) != {"succeeded"} for c in fo["node_counts"]):
+                sections.append("job nodes by status, per run: " + "; ".join(
+                    f"run {i + 1} {st}: {json.dumps(c, sort_keys=True)}"
+                    for i, (st, c) in enumerate(zip(fo["statuses"], fo["node_counts"]))))
             if fo["profile"] and os.path.exists(fo["profile"]):
                 sections.append("<details><summary>server profile, last fan-out run (py-spy)</summary>\n\n"
                                 + profile_report(fo["profile"], 12) + "\n\n</details>")
@@ -324,10 +338,11 @@ def suite(a: argparse.Namespace) -> int:
         if a.restart:
             rc = reconnect_storm(b, a.reconnect_timeout)
             sections.append("**Reconnect storm** (server restarted with all nodes connected)\n\n" + table(
-                ["stop s", "back up s", "all available after up s", "total s", "server CPU meanwhile",
-                 "config fetches", "config failures"],
+                ["stop s", "back up s", "all available after up s", "total s", "server CPU meanwhile (cores)",
+                 "server CPU ms per node", "config fetches", "config failures"],
                 [[rc["stop_s"], rc["up_s"], rc["all_available_after_up_s"], rc["all_available_total_s"],
-                  rc["server_cpu_during"], rc["config_fetches"], rc["config_failures"]]])
+                  rc["server_cpu_during"], rc["server_cpu_ms_per_node"], rc["config_fetches"],
+                  rc["config_failures"]]])
                 + "\n\nprogress (s since stop, available): " + " ".join(f"{t}:{n}" for t, n in rc["progress"]))
         return 0
     except Exception as exc:  # record the miss too
