@@ -8,29 +8,29 @@
 #
 attrs = node['push_jobs']
 pkg_name = attrs['package_name']
-source = nil
+pkg_source = nil
 
 if attrs['package_url']
-  source = ::File.join(Chef::Config[:file_cache_path], ::File.basename(attrs['package_url']))
-  remote_file source do
+  pkg_source = ::File.join(Chef::Config[:file_cache_path], ::File.basename(attrs['package_url']))
+  remote_file pkg_source do
     source attrs['package_url']
     checksum attrs['package_checksum'] if attrs['package_checksum']
     mode '0644'
   end
 elsif attrs['local_package_path']
-  source = attrs['local_package_path']
+  pkg_source = attrs['local_package_path']
 end
 
-if source && platform_family?('debian')
+if pkg_source && platform_family?('debian')
   # dpkg does not resolve dependencies: install them from the repositories.
   package %w(python3 python3-venv)
   dpkg_package pkg_name do
-    source source
+    source pkg_source
     version attrs['package_version'] if attrs['package_version']
   end
-elsif source
+elsif pkg_source
   package pkg_name do
-    source source
+    source pkg_source
     version attrs['package_version'] if attrs['package_version']
   end
 else

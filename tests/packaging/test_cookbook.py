@@ -199,7 +199,8 @@ def test_bad_whitelists_fail_the_chef_run_clearly(tmp_path: Path, whitelist: Any
 
 def ruby_files() -> list[Path]:
     files = sorted(COOKBOOK.rglob("*.rb")) + sorted((ROOT / "vagrant").glob("Vagrantfile"))
-    files += [ROOT / "config" / "push-jobs-server.rb", DRIVER]
+    files += [ROOT / "config" / "push-jobs-server.rb"]
+    files += sorted(Path(__file__).parent.glob("*.rb"))  # the test drivers
     return files
 
 
@@ -229,3 +230,77 @@ def test_every_attribute_is_documented_in_the_readme() -> None:
     for a in attrs:
         dotted = ".".join(re.findall(r"'([a-z_]+)'", a))
         assert dotted in readme, f"README does not document push_jobs.{dotted}"
+
+
+# --- the recipes, evaluated by run_cookbook_recipes.rb (a resource recorder) ------
+
+RECIPES = Path(__file__).with_name("run_cookbook_recipes.rb")
+CHEF_CONFIG = {"chef_server_url": "http://10.0.0.5:10003/organizations/lab",
+               "node_name": "node1", "file_cache_path": "/var/chef/cache"}
+
+
+def run_recipe(recipe: str, normal: dict, platform_family: str = "debian",
+               ) -> tuple[int, list[dict], str]:
+    require("ruby")
+    payload = {"normal": {"push_jobs": normal}, "platform_family": platform_family,
+               "chef_config": CHEF_CONFIG, "node_name": "node1", "roles": ["web"],
+               "tags": ["blue"], "chef_environment": "prod"}
+    res = subprocess.run(["ruby", str(RECIPES), str(COOKBOOK), recipe], input=json.dumps(payload),
+                         capture_output=True, text=True, timeout=60)
+    resources = json.loads(res.stdout) if res.returncode == 0 else []
+    return res.returncode, resources, res.stderr
+
+
+def by_type(resources: list[dict], rtype: str) -> list[dict]:
+    return [r for r in resources if r["type"] == rtype]
+
+
+def test_default_recipe_resources_and_restart_rules() -> None:
+    rc, resources, err = run_recipe("default", {"local_package_path": "/tmp/pjc.deb"})
+    assert rc == 0, err
+    types = [r["type"] for r in resources]
+    assert types == ["package", "dpkg_package", "directory", "template", "file", "service"]
+    assert by_type(resources, "package")[0]["name"] == ["python3", "python3-venv"]
+    assert by_type(resources, "dpkg_package")[0]["properties"]["source"] == "/tmp/pjc.deb"
+    template = by_type(resources, "template")[0]
+    assert template["name"] == "/etc/push-jobs-client/push-jobs-client.yml"
+    # the template never restarts the agent: whitelist changes are reloaded by it
+    assert template["notifies"] == []
+    settings = template["properties"]["variables"]["settings"]
+    assert settings["chef_server_url"] == CHEF_CONFIG["chef_server_url"]
+    assert settings["node_name"] == "node1"
+    assert settings["environment"] == "prod" and settings["roles"] == ["web"]
+    assert settings["tags"] == ["blue"]
+    state = by_type(resources, "file")[0]
+    assert "whitelist" not in json.loads(state["properties"]["content"])
+    service = by_type(resources, "service")[0]
+    assert state["notifies"] == [{"action": "restart", "target": f"service[{service['name']}]",
+                                  "timing": "delayed"}]
+    assert service["name"] == "push-jobs-client"
+    assert service["properties"]["action"] == ["enable", "start"]
+
+
+def test_install_from_url_and_from_the_repositories() -> None:
+    rc, resources, err = run_recipe("install", {"package_url": "https://example.com/p/pjc_1.deb",
+                                                "package_checksum": "ab" * 32})
+    assert rc == 0, err
+    remote = by_type(resources, "remote_file")[0]
+    assert remote["name"] == "/var/chef/cache/pjc_1.deb"
+    assert remote["properties"]["source"] == "https://example.com/p/pjc_1.deb"
+    assert remote["properties"]["checksum"] == "ab" * 32
+    assert by_type(resources, "dpkg_package")[0]["properties"]["source"] == remote["name"]
+
+    rc, resources, err = run_recipe("install", {"package_version": "0.1.0-1"}, "rhel")
+    assert rc == 0, err
+    assert resources == [{"type": "package", "name": "push-jobs-client",
+                          "properties": {"version": "0.1.0-1"}, "notifies": []}]
+
+
+@pytest.mark.parametrize("normal, platform, message", [
+    ({"whitelist": ["chef-client"]}, "debian", "must be a Hash"),
+    ({}, "windows", "not supported"),
+    ({"whitelist": {"x": {"cmd": "y"}}}, "debian", "unknown keys"),
+])
+def test_default_recipe_refuses_bad_input(normal: dict, platform: str, message: str) -> None:
+    rc, _, err = run_recipe("default", normal, platform)
+    assert rc == 3 and message in err, err
