@@ -34,7 +34,10 @@ from tests.helpers.server import Principal, SignedClient, free_ports
 from tests.packaging.conftest import require
 from tests.packaging.debroot import DebianRoot
 
-pytestmark = pytest.mark.packaging
+# A cold first run builds the packages and debootstraps the root inside the
+# first test's setup (minutes on a loaded 2-core machine): above the suite's
+# default per-test timeout.
+pytestmark = [pytest.mark.packaging, pytest.mark.timeout(900)]
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVER_CONF = "/etc/push-jobs-server/push-jobs-server.rb"

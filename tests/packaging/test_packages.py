@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.packaging
+pytestmark = [pytest.mark.packaging, pytest.mark.timeout(900)]  # the first test builds
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = ROOT / "packaging" / "scripts"
