@@ -541,7 +541,7 @@ class FleetOptions:
     reconnect_min_delay: float = 1.0
     reconnect_max_delay: float = 30.0
     http_timeout: float = 10.0
-    workers: int = 4  # HTTP (config handshake) threads
+    workers: int = 8  # HTTP (config handshake) threads
     seed: int = 0
 
     @property
@@ -862,7 +862,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds without a command-port message before a reconfigure (agent default 3)")
     p.add_argument("--restart-splay", type=float, default=10.0,
                    help="max random delay before reconnecting after a server restart (agent default 10)")
-    p.add_argument("--http-threads", type=int, default=4, help="config handshake threads per process")
+    p.add_argument("--http-threads", type=int, default=8, help="config handshake threads per process (default 8)")
     p.add_argument("--report-interval", type=float, default=5.0, help="seconds between report lines")
     p.add_argument("--duration", type=float, default=600.0,
                    help="stop by itself after this many seconds (default 600)")
