@@ -149,11 +149,59 @@ def _remove_tree(path: Path) -> None:
     subprocess.run(["rm", "-rf", "--one-file-system", str(path)], check=False)
 
 
+ROOT_PREFIX = "pushjobs-debroot-"
+OWNER_FILE = "owner.pid"
+PIDS_FILE = "started.pids"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def cleanup_stale_roots(parent: Path) -> None:
+    """Remove roots left behind by a test run that was killed (its owner pid
+    is gone): stop what it started there -- only processes whose root
+    directory is inside that root, by their recorded id -- unmount, delete."""
+    for base in parent.glob(ROOT_PREFIX + "*"):
+        try:
+            owner = int((base / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        if _pid_alive(owner):
+            continue
+        root = (base / "root").resolve()
+        pids_file = base / PIDS_FILE
+        for line in pids_file.read_text().split() if pids_file.exists() else []:
+            pid = int(line)
+            try:
+                proc_root = os.readlink(f"/proc/{pid}/root")
+            except OSError:
+                continue
+            if proc_root == str(root) or proc_root.startswith(str(root) + "/"):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL)
+        for mnt in sorted(_mounts_below(base), key=len, reverse=True):
+            res = subprocess.run(["umount", mnt], capture_output=True)
+            if res.returncode != 0:
+                subprocess.run(["umount", "-l", mnt], capture_output=True)
+        log.warning("removing the stale test root %s", base)
+        _remove_tree(base)
+
+
 class DebianRoot:
-    """One throwaway Debian root unpacked from the cached tarball."""
+    """One throwaway Debian root: an overlay over the cached tree."""
 
     def __init__(self, tarball: Path, parent: Optional[Path] = None):
-        self.base = Path(tempfile.mkdtemp(prefix="pushjobs-debroot-", dir=parent))
+        parent = parent or Path(tempfile.gettempdir())
+        cleanup_stale_roots(parent)
+        self.base = Path(tempfile.mkdtemp(prefix=ROOT_PREFIX, dir=parent))
+        (self.base / OWNER_FILE).write_text(str(os.getpid()))
         self.path = self.base / "root"
         self.path.mkdir()
         self._procs: list[subprocess.Popen] = []
@@ -236,6 +284,8 @@ class DebianRoot:
                                     stdin=subprocess.DEVNULL, env=full_env,
                                     start_new_session=True)
         self._procs.append(proc)
+        with open(self.base / PIDS_FILE, "a") as fh:
+            fh.write(f"{proc.pid}\n")
         return proc
 
     def stop(self, proc: subprocess.Popen, timeout: float = 10.0) -> None:
