@@ -207,3 +207,38 @@ def test_cli_with_two_processes_reports_and_stops_by_itself(srv, admin, tmp_path
     # the server sees the nodes go away once the fleet has stopped
     r = requests.get(srv.base_url + "/pushy/_status", timeout=5)
     assert r.status_code == 200
+
+
+def test_fast_heartbeats_are_byte_identical_to_the_agents_encoding():
+    """--fast-heartbeats must put exactly the agent's bytes on the wire (it only skips work)."""
+    import types
+
+    from pushjobs.agent.connection import ServerConfig
+    from pushjobs.agent.session import NodeIdentity, SessionOptions
+    from pushjobs.tools.fleet import Behaviour, FleetLoop, FleetSession, SimulatedRunner
+
+    loop = FleetLoop(workers=1)
+    try:
+        fleet = types.SimpleNamespace(fast_heartbeats=True, heartbeat_cache={})
+        ident = NodeIdentity("wéb-1", "acme", "http://127.0.0.1:1/organizations/acme", private_key=None,
+                             client_name="wéb-1")
+        s = FleetSession(loop, ident, SimulatedRunner("wéb-1", Behaviour(), loop, fleet), SessionOptions(),
+                         wall_clock=lambda: 1764393600.25)
+        s.fleet = fleet
+        s.config = ServerConfig(out_addr="tcp://127.0.0.1:1", command_addr="tcp://127.0.0.1:2", interval=1.0,
+                                offline_threshold=3, online_threshold=2, public_key=None, curve_public_key=None,
+                                session_key=b"k" * 32, lifetime=3600.0, max_message_skew=300.0,
+                                max_body_size=65536, incarnation_id="x")
+        for fields in ({"job_state": "idle", "job_id": None}, {"job_state": "committed", "job_id": "a" * 32},
+                       {"job_state": "running", "job_id": "b" * 32}):
+            for seq in (0, 41):
+                fleet.fast_heartbeats, s._sequence = True, seq
+                fast = s._encode("heartbeat", fields)
+                fleet.fast_heartbeats, s._sequence = False, seq
+                assert s._encode("heartbeat", fields) == fast
+                assert s._sequence == seq + 1
+        # anything unusual goes through the agent's own encoder
+        fleet.fast_heartbeats = True
+        assert s._encode("heartbeat", {"job_state": "idle", "job_id": None, "x": 1})
+    finally:
+        loop.close()
