@@ -267,7 +267,8 @@ def suite(a: argparse.Namespace) -> int:
         log(f"server ({a.db}) in {b.workdir}")
         b.start_server()
         log(f"{a.nodes} clients created in {b.clients_seconds:.1f}s")
-        cmd = b.start_fleet(ramp=ramp, duration=a.max_seconds)
+        cmd = b.start_fleet(ramp=ramp, duration=a.max_seconds,
+                            extra=("--fast-heartbeats",) if a.fast_heartbeats else ())
         log("fleet: " + " ".join(cmd))
         t0 = time.monotonic()
         s_start0 = procstat.sample(b.worker_pid)
@@ -377,6 +378,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sub", choices=("per-node", "shared"), default=None)
     s.add_argument("--max-seconds", type=float, default=3600.0, help="the fleet stops by itself after this")
     s.add_argument("--no-profile", dest="profile", action="store_false")
+    s.add_argument("--agent-heartbeats", dest="fast_heartbeats", action="store_false",
+                   help="let the fleet encode heartbeats with the agent's message objects "
+                        "(default: --fast-heartbeats, same bytes, less simulator CPU)")
     return p
 
 
