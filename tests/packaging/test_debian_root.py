@@ -9,9 +9,12 @@ python3 and python3-venv). In order:
    `push-jobs-server-ctl init` as push-jobs and record the unit enablement.
 2. The server's ExecStart command runs as push-jobs; the ctl creates an
    organization, an admin user and a client; an agent runs from the client
-   package; a job signed by the user (pushjobs.protocol.chef_auth, from the
-   host) runs on it to completion.
-3. `dpkg -r` keeps data, settings and the user; `dpkg -P` removes them.
+   package with settings rendered by the cookbook's template; a job signed
+   by the user (pushjobs.protocol.chef_auth, from the host) runs on it to
+   completion, then one started with the packaged `pushjobs` CLI; a
+   re-rendered whitelist is picked up by the same agent process.
+3. Reinstalling (the upgrade path) keeps the edited settings and the data.
+4. `dpkg -r` keeps data, settings and the user; `dpkg -P` removes them.
 
 systemd does not run in a chroot: the test starts the unit's ExecStart line
 itself, with the unit's User=.
@@ -20,6 +23,7 @@ itself, with the unit's User=.
 from __future__ import annotations
 
 import configparser
+import os
 import shlex
 import stat
 import subprocess
@@ -33,6 +37,7 @@ import requests
 from tests.helpers.server import Principal, SignedClient, free_ports
 from tests.packaging.conftest import require
 from tests.packaging.debroot import DebianRoot
+from tests.packaging.test_cookbook import merged, render
 
 # A cold first run builds the packages and debootstraps the root inside the
 # first test's setup (minutes on a loaded 2-core machine): above the suite's
@@ -71,6 +76,22 @@ def wait_while_running(predicate, procs: dict, timeout: float, message: str) -> 
             raise AssertionError(f"timed out after {timeout}s waiting for {message} "
                                  f"(last error: {last!r}){logs}")
         time.sleep(0.2)
+
+
+def write_cookbook_settings(root: DebianRoot, work: Path, base_url: str,
+                            whitelist: dict) -> None:
+    """Render the agent settings with the cookbook's template (as a Chef run
+    would, see test_cookbook.py) and put them in place atomically."""
+    work.mkdir()
+    attrs = merged(whitelist=whitelist, file_dir="/tmp/chef-push", logging_level="debug",
+                   chef={"chef_server_url": f"{base_url}/organizations/{ORG}", "node_name": NODE,
+                         "client_key_path": "/etc/push-jobs-client/node1.pem"})
+    res, out, _ = render(attrs, work, fallback={})
+    assert res.returncode == 0, res.stderr
+    target = root.host_path(CLIENT_CONF)
+    tmp = target.with_name(".push-jobs-client.yml.new")
+    tmp.write_text(out.read_text())
+    os.replace(tmp, target)
 
 
 def unit_exec_start(name: str) -> list[str]:
@@ -184,20 +205,13 @@ def test_server_ctl_agent_and_a_job(installed: DebianRoot, tmp_path: Path) -> No
     ctl("user-create", "alice", "--org", ORG, "--admin", "--key-out", "/tmp/alice.pem")
     ctl("client-create", NODE, "--org", ORG, "--key-out", "/tmp/node1.pem")
 
-    # the agent, from the client package, as its unit runs it (root)
+    # the agent, from the client package, as its unit runs it (root), with
+    # settings rendered by the push_jobs cookbook's template
     key = root.host_path("/etc/push-jobs-client/node1.pem")
     key.write_bytes(root.host_path("/tmp/node1.pem").read_bytes())
     key.chmod(0o600)
-    root.write(CLIENT_CONF, "\n".join([
-        f'chef_server_url: "{base_url}/organizations/{ORG}"',
-        f"node_name: {NODE}",
-        "client_key: /etc/push-jobs-client/node1.pem",
-        "file_dir: /tmp/chef-push",
-        "log_level: debug",
-        "whitelist:",
-        '  hello: "echo hello from the package"',
-        "  whoami: whoami",
-        ""]))
+    whitelist = {"hello": "echo hello from the package", "whoami": "whoami"}
+    write_cookbook_settings(root, tmp_path / "render1", base_url, whitelist)
     agent_log = tmp_path / "agent.log"
     agent = root.start(unit_exec_start("push-jobs-client.service"), agent_log)
 
@@ -231,6 +245,21 @@ def test_server_ctl_agent_and_a_job(installed: DebianRoot, tmp_path: Path) -> No
                         "-u", "alice", "-k", "/tmp/alice.pem", "job", "start", "whoami", NODE,
                         "--capture", "--poll-interval", "0.2"], check=False, timeout=120)
         assert cli.returncode == 0, cli.stdout + cli.stderr
+
+        # A Chef run that only changes the whitelist: the same agent process
+        # picks the new entry up (no restart, as the cookbook promises).
+        whitelist["second"] = "echo a new entry"
+        write_cookbook_settings(root, tmp_path / "render2", base_url, whitelist)
+        outcome: dict = {}
+
+        def second_runs() -> bool:
+            jid = http.create_job("second", [NODE])
+            outcome.update(http.wait_job(jid, timeout=30))
+            return outcome.get("nodes") == {"succeeded": [NODE]}
+
+        wait_while_running(second_runs, procs, timeout=30, message="the reloaded whitelist")
+        assert agent.poll() is None
+        assert "reloading the whitelist" in agent_log.read_text()
     finally:
         http.close()
         root.stop(agent)
