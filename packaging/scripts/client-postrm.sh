@@ -13,7 +13,7 @@ case "$1" in
         ;;
     purge)
         rm -rf /opt/$NAME /etc/$NAME
-        if command -v deb-systemd-helper >/dev/null 2>&1; then
+        if [ -n "${DPKG_MAINTSCRIPT_PACKAGE:-}" ] && command -v deb-systemd-helper >/dev/null 2>&1; then
             deb-systemd-helper purge $NAME.service >/dev/null || true
         fi
         ;;

@@ -58,7 +58,7 @@ fi
 if [ -d /run/systemd/system ]; then
     systemctl daemon-reload >/dev/null 2>&1 || true
 fi
-if command -v deb-systemd-helper >/dev/null 2>&1; then
+if [ -n "${DPKG_MAINTSCRIPT_PACKAGE:-}" ] && command -v deb-systemd-helper >/dev/null 2>&1; then
     # Debian: the helper records the enablement even without a running
     # systemd (chroots, image builds), exactly as dh_installsystemd does.
     deb-systemd-helper unmask $NAME.service >/dev/null || true

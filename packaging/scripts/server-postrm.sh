@@ -17,13 +17,13 @@ if [ "$remove" = 1 ]; then
     if [ -d /run/systemd/system ]; then
         systemctl daemon-reload >/dev/null 2>&1 || true
     fi
-    if command -v deb-systemd-helper >/dev/null 2>&1; then
+    if [ -n "${DPKG_MAINTSCRIPT_PACKAGE:-}" ] && command -v deb-systemd-helper >/dev/null 2>&1; then
         deb-systemd-helper mask $NAME.service >/dev/null || true
     fi
 fi
 
 if [ "$purge" = 1 ]; then
-    if command -v deb-systemd-helper >/dev/null 2>&1; then
+    if [ -n "${DPKG_MAINTSCRIPT_PACKAGE:-}" ] && command -v deb-systemd-helper >/dev/null 2>&1; then
         deb-systemd-helper purge $NAME.service >/dev/null || true
         deb-systemd-helper unmask $NAME.service >/dev/null || true
     fi
