@@ -8,6 +8,8 @@ PIP      = $(VENV)/bin/pip
 PYTEST   = $(VENV)/bin/pytest
 # Debian packages the tests use: command -> package
 SYSDEPS  = initdb:postgresql ruby:ruby debootstrap:debootstrap rpm:rpm systemd-analyze:systemd
+# Debian packages without a command (libraries the tests load): checked with dpkg -s
+SYSDEPS_PKGS = ruby-mixlib-authentication ruby-ffi-rzmq libzmq5
 
 .PHONY: all venv sysdeps test test-fast demo bench packages clean
 
@@ -27,6 +29,8 @@ sysdeps:
 	  cmd=$${pair%%:*}; pkg=$${pair##*:}; \
 	  if ! command -v $$cmd >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/$$cmd >/dev/null 2>&1; then \
 	    missing="$$missing $$pkg"; fi; done; \
+	for pkg in $(SYSDEPS_PKGS); do \
+	  dpkg -s $$pkg 2>/dev/null | grep -q '^Status: install ok installed' || missing="$$missing $$pkg"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
