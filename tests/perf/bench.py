@@ -76,14 +76,15 @@ def steady_state(b: Bench, seconds: float, profile_dir: Optional[Path], hb: Hear
             min_avail = min(min_avail, int(m.get("pushjobs_nodes_available", 0)))
         max_rss = max(max_rss, procstat.sample(worker).rss)
     s1 = procstat.sample(worker)
+    m1 = b.metrics()
     f1 = [procstat.sample(p) for p in b.fleet_pids()]
     time.sleep(5.5)  # the fleet writes its counters every 5 s
-    m1, c1 = b.metrics(), b.fleet_counters()
+    c1 = b.fleet_counters()
     if prof is not None:
         prof.wait(120)
     dt = s1.at - s0.at
     key = "pushjobs_command_messages_received_total"
-    msgs = (m1.get(key, 0) - m0.get(key, 0)) / dt
+    msgs = (m1.get(key, 0) - m0.get(key, 0)) / (s1.at - s0.at)
     extra_aborts = c1.get("received_abort", 0) - c0.get("received_abort", 0)
     reconfigures = c1.get("reconfigures", 0) - c0.get("reconfigures", 0)
     fleet_cpu = sum(procstat.cpu_share(a, z) for a, z in zip(f0, f1))
