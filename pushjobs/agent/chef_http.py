@@ -4,6 +4,11 @@ The agent signs as its client (the node name) with the client key, exactly
 as the original client does through Chef's HTTP stack (protocol 1.1,
 path without query string). Timeouts are always set: a hung server must not
 hold the reconnect loop.
+
+Proxies as with Chef's HTTP stack: the `http_proxy`/`https_proxy`/`no_proxy`
+settings (client.rb's names) win, else the same variables from the
+environment (requests' `trust_env`). Only HTTP goes through a proxy; the
+ZeroMQ sockets always connect directly.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from typing import Any, Mapping, Optional
 from urllib.parse import quote, urlsplit
 
 import requests
+from requests.utils import should_bypass_proxies
 
 from pushjobs.protocol.chef_auth import sign_request
 
@@ -33,7 +39,8 @@ class ChefHTTP:
 
     def __init__(self, chef_server_url: str, client_name: str, private_key: Any, *,
                  verify: Any = True, timeout: float = 5.0,
-                 session: Optional[requests.Session] = None):
+                 session: Optional[requests.Session] = None,
+                 proxies: Optional[Mapping[str, Optional[str]]] = None):
         self.base = chef_server_url.rstrip("/")
         self.base_path = urlsplit(self.base).path
         self.client_name = client_name
@@ -43,6 +50,18 @@ class ChefHTTP:
         # passed on every request: a session-level `verify` loses against
         # REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE in requests' environment merge
         self.verify = verify
+        # {"http": URL, "https": URL, "no_proxy": "a,b"} from the settings; None values unset
+        self.proxies = {k: v for k, v in (proxies or {}).items() if v}
+
+    def proxies_for(self, url: str) -> Optional[dict[str, Optional[str]]]:
+        """The `proxies` argument for one request; None lets requests use the environment."""
+        scheme = urlsplit(url).scheme
+        proxy, no_proxy = self.proxies.get(scheme), self.proxies.get("no_proxy")
+        if proxy is None:  # the environment's proxy, minus the settings' no_proxy
+            return {"no_proxy": no_proxy} if no_proxy else None
+        if should_bypass_proxies(url, no_proxy=no_proxy):
+            return {"http": None, "https": None}  # None values: direct, env ignored
+        return {scheme: proxy}
 
     def close(self) -> None:
         self.session.close()
@@ -62,7 +81,7 @@ class ChefHTTP:
         try:
             return self.session.request(method, url, data=body or None, headers=headers,
                                         timeout=self.timeout, allow_redirects=False,
-                                        verify=self.verify)
+                                        verify=self.verify, proxies=self.proxies_for(url))
         except requests.RequestException as exc:
             raise HTTPError(f"{method} {url}: {exc.__class__.__name__}: {exc}") from None
 

@@ -45,10 +45,23 @@ class ServerConfig:
     max_body_size: int
     incarnation_id: Optional[str]
     host: str = ""
+    # our server's marker (`"pushjobs": {"version": .., "node_facts": true}`);
+    # None for the original server, which has no such field
+    pushjobs: Optional[dict] = None
 
     @property
     def encrypted(self) -> bool:
         return self.curve_public_key is not None
+
+    @property
+    def node_facts(self) -> bool:
+        """True only when the server says it takes node facts at `…/nodes/NODE`.
+
+        Behind a Chef server that URL is Chef's own node API: a PUT there
+        would replace the node's run list and attributes, so without the
+        marker (the original server) facts are never sent.
+        """
+        return bool(self.pushjobs and self.pushjobs.get("node_facts") is True)
 
 
 def _field(doc: dict, *path: str) -> Any:
@@ -110,6 +123,7 @@ def parse_config(doc: dict, private_key: Any) -> ServerConfig:
         return int(v) if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else default
 
     inc = doc.get("incarnation_id")
+    marker = doc.get("pushjobs")
     return ServerConfig(
         out_addr=out_addr, command_addr=command_addr, interval=float(interval),
         offline_threshold=count("offline_threshold", 3), online_threshold=count("online_threshold", 2),
@@ -117,7 +131,8 @@ def parse_config(doc: dict, private_key: Any) -> ServerConfig:
         lifetime=num("lifetime", 3600.0), max_message_skew=num("max_message_skew", 300.0),
         max_body_size=int(num("max_body_size", 65536)),
         incarnation_id=inc if isinstance(inc, str) else None,
-        host=str(doc.get("host", "")))
+        host=str(doc.get("host", "")),
+        pushjobs=marker if isinstance(marker, dict) else None)
 
 
 class Connection:

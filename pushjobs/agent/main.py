@@ -23,8 +23,8 @@ import signal
 import sys
 from typing import Any, Optional, Sequence
 
-from pushjobs.agent.settings import (AgentSettings, SettingsError, find_config_path,
-                                     load_settings, validate_for_start)
+from pushjobs.agent.settings import (AgentSettings, SettingsError, api_base_url,
+                                     find_config_path, load_settings, validate_for_start)
 
 log = logging.getLogger("pushjobs.agent")
 
@@ -121,8 +121,12 @@ class Agent:
         self.node = settings.resolved_node_name
         self.loop = EventLoop(workers=2)
         self.jobs = AgentJobs(self.node, JobSettings.from_settings(settings))
+        base_url = api_base_url(settings.chef_server_url)
+        if base_url != (settings.chef_server_url or "").rstrip("/"):
+            log.warning("[%s] chef_server_url %s: using %s (the part up to the organization)",
+                        self.node, settings.chef_server_url, base_url)
         identity = NodeIdentity(node_name=self.node, org=settings.org,
-                                chef_server_url=settings.chef_server_url, private_key=key)
+                                chef_server_url=base_url, private_key=key)
         self.session = NodeSession(self.loop, identity, self.jobs,
                                    SessionOptions.from_settings(settings), facts=self._facts)
         self._file_stamp = self._stamp()

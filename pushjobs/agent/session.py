@@ -14,7 +14,10 @@ Life of a session (PROTOCOL.md §2, §3, §6, with the fixes C3, C8, C11):
 
 * fetching: signed `GET …/pushy/config/NODE?ccpk=…&version=2.0` (ccpk
   URL-escaped with quote(safe='')), session key decrypted with the client
-  key, node facts PUT; in a worker thread, never on the loop.
+  key, node facts PUT (only to a pushjobs server: its config carries
+  `"pushjobs": {"node_facts": true}`; behind a Chef server `…/nodes/NODE`
+  is Chef's real node, never to be overwritten); in a worker thread,
+  never on the loop.
 * connected: SUB + DEALER (CurveZMQ); a heartbeat at once and then every
   `interval`; server liveness counters of §6.4; server incarnation tracking.
 * Full reconfigure (close both sockets, fetch again, reconnect) on: lifetime
@@ -36,6 +39,7 @@ Life of a session (PROTOCOL.md §2, §3, §6, with the fixes C3, C8, C11):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import random
@@ -89,11 +93,26 @@ class SessionOptions:
     command_check_timeout: float = 3.0
     max_body_size: int = 63000  # of what we send
     max_incoming_body: int = 1 << 20  # a commit may carry a 100 kB file, base64
-    report_facts: bool = True
+    # "auto" (only to a server whose config has the pushjobs node_facts marker),
+    # True/"true" (always: a pushjobs server older than the marker, never a Chef
+    # server), False/"false" (never)
+    report_facts: Any = "auto"
+    proxies: Optional[dict[str, Optional[str]]] = None  # settings' http(s)_proxy/no_proxy
+
+    def wants_facts(self, config: "ServerConfig") -> bool:
+        """Whether to PUT node facts to this server (see `report_facts`)."""
+        mode = self.report_facts
+        if mode is True or mode == "true":
+            return True
+        if mode is False or mode == "false" or mode is None:
+            return False
+        return config.node_facts
 
     @classmethod
     def from_settings(cls, settings: Any) -> "SessionOptions":
-        return cls(allow_unencrypted=settings.allow_unencrypted,
+        proxies = {"http": settings.http_proxy, "https": settings.https_proxy,
+                   "no_proxy": settings.no_proxy}
+        return cls(allow_unencrypted=settings.allow_unencrypted, proxies=proxies,
                    http_timeout=settings.http_timeout, tls_verify=settings.tls_verify,
                    reconnect_min_delay=settings.reconnect_min_delay,
                    reconnect_max_delay=settings.reconnect_max_delay,
@@ -205,6 +224,11 @@ class NodeSession:
         self._offline_counter = 0
         self._online_counter = 0
         self._got_command_message = False
+        # S6: encrypted connections that heard the server's heartbeats but got no
+        # command message (a CURVE handshake that can never succeed)
+        self._curve_failures = 0
+        self._plaintext_fallback = False
+        self._hb_at_connect = 0
         self._pending: list[tuple[str, dict[str, Any]]] = []
         self._send_failures = 0
         self._http: Optional[ChefHTTP] = None
@@ -355,13 +379,14 @@ class NodeSession:
         ident, opts = self.identity, self.options
         if self._http is None:
             self._http = ChefHTTP(ident.chef_server_url, ident.node_name, ident.private_key,
-                                  verify=opts.tls_verify, timeout=opts.http_timeout)
+                                  verify=opts.tls_verify, timeout=opts.http_timeout,
+                                  proxies=opts.proxies)
         self.log.info("[%s] retrieving configuration from %s/pushy/config/%s", self.node,
                       ident.chef_server_url.rstrip("/"), ident.node_name)
         doc = self._http.get_json(f"pushy/config/{ident.node_name}",
                                   {"ccpk": self.curve_keys[0], "version": "2.0"})
         config = parse_config(doc, ident.private_key)
-        if (opts.report_facts and self.facts is not None
+        if (self.facts is not None and opts.wants_facts(config)
                 and self._facts_unsupported != config.incarnation_id):
             from pushjobs.agent.facts import report_facts
 
@@ -384,9 +409,19 @@ class NodeSession:
             self._attempt += 1
             delay = backoff_delay(self._attempt, self.options.reconnect_min_delay,
                                   self.options.reconnect_max_delay, self.rng)
-            level = logging.WARNING if self._attempt <= 3 or self._attempt % 10 == 0 else logging.DEBUG
-            self.log.log(level, "[%s] could not get the push jobs config (attempt %d): %s; "
-                         "retrying in %.1fs", self.node, self._attempt, exc, delay)
+            loud = self._attempt <= 3 or self._attempt % 10 == 0
+            status = getattr(exc, "status", None)
+            if status in (401, 403):
+                # the original client exits on this; we keep retrying (a client being
+                # created, a clock being fixed), loudly, since it needs a person
+                level = logging.ERROR if loud else logging.DEBUG
+                hint = (" (check node_name, client_key and the clock: the server refused "
+                        "this client)")
+            else:
+                level = logging.WARNING if loud else logging.DEBUG
+                hint = ""
+            self.log.log(level, "[%s] could not get the push jobs config (attempt %d): %s%s; "
+                         "retrying in %.1fs", self.node, self._attempt, exc, hint, delay)
             self.phase = WAITING
             self._schedule_fetch(delay)
             return
@@ -396,7 +431,24 @@ class NodeSession:
     def _connect(self, config: ServerConfig) -> None:
         self._disconnect()
         self._close_watch()
+        self._plaintext_fallback = False
+        if config.encrypted and self._curve_failures >= 2:
+            if self.options.allow_unencrypted:
+                self.log.warning(
+                    "[%s] %d encrypted connections got no message on the command port while "
+                    "the server's heartbeats arrive: it advertises a curve key but probably runs "
+                    "with disable_curve_encryption (the original server's quirk S6); "
+                    "allow_unencrypted is set, connecting WITHOUT encryption", self.node,
+                    self._curve_failures)
+                config = dataclasses.replace(config, curve_public_key=None)
+                self._plaintext_fallback = True
+            elif self._curve_failures == 2:
+                self.log.error(
+                    "[%s] encrypted connections get no message on the command port while the "
+                    "server's heartbeats arrive: if the server runs with disable_curve_encryption "
+                    "(it still advertises a curve key), set allow_unencrypted", self.node)
         self.config = config
+        self._hb_at_connect = self.stats["server_heartbeats"]
         self._conn = Connection(self.loop.context, config,
                                 self.curve_keys if config.encrypted else None)
         self.loop.add_reader(self._conn.sub, self._on_sub)
@@ -414,7 +466,7 @@ class NodeSession:
                       "incarnation %s", self.node, config.out_addr, config.command_addr,
                       "CurveZMQ" if config.encrypted else "UNENCRYPTED legacy mode",
                       config.interval, config.incarnation_id)
-        if config.encrypted:
+        if config.encrypted or self._plaintext_fallback:
             self._schedule("command_check", self.options.command_check_timeout, self._command_check)
         lifetime = config.lifetime * (1 - self.rng.random() * 0.10)
         self._schedule("lifetime", lifetime,
@@ -496,6 +548,10 @@ class NodeSession:
 
     def _command_check(self) -> None:
         if self.phase == CONNECTED and not self._got_command_message:
+            if self._plaintext_fallback:
+                self._curve_failures = 0  # plaintext did not work either: back to CURVE
+            elif self.stats["server_heartbeats"] > self._hb_at_connect:
+                self._curve_failures += 1  # the server is there; the handshake is not
             self.log.warning("[%s] no messages received on the command port within %gs. Possible "
                              "encryption problem?", self.node, self.options.command_check_timeout)
             self._reconnect("no message on the command port", backoff=True)
@@ -566,6 +622,8 @@ class NodeSession:
             self.stats["messages_received"] += 1
             if not self._got_command_message:
                 self._got_command_message = True
+                if not self._plaintext_fallback:
+                    self._curve_failures = 0
                 self._cancel("command_check")
             msg_type = body["type"]
             if msg_type == "heartbeat":

@@ -87,7 +87,14 @@ class AgentSettings:
     restart_splay: float = 10.0  # reconfigure spread after a server restart, at least `interval`
     command_check_timeout: float = 3.0  # no message on the command port within this -> reconfigure
     whitelist_poll_interval: float = 1.0  # how often the settings file is checked for changes
-    report_facts: bool = True
+    # "auto": only to a server whose config carries the pushjobs marker (never
+    # to a Chef server, whose /nodes/NODE is the real node); "true"/"false"
+    report_facts: str = "auto"
+    # proxies for the HTTP(S) config fetch, as Chef's client.rb spells them;
+    # unset: the http_proxy/https_proxy/no_proxy environment (ZeroMQ is direct)
+    http_proxy: Optional[str] = None
+    https_proxy: Optional[str] = None
+    no_proxy: Optional[str] = None
     # where these settings came from (set by load_settings, not a file key)
     config_path: Optional[str] = None
 
@@ -116,16 +123,40 @@ class AgentSettings:
         return self.ca_file or True
 
 
-_ORG_RE = re.compile(r"/organizations/([^/?#]+)")
+# The original client's rule (USERLAND.md §1.4): the first `/organizations/`
+# (one or more slashes) in the URL, then the segment up to the next `/`.
+_ORG_RE = re.compile(r"/organizations/+([^/]+)")
 
 
-def org_from_url(url: Optional[str]) -> str:
+def _org_match(url: Optional[str]) -> "re.Match[str]":
     if not url:
         raise SettingsError("chef_server_url is not set (use -S or the settings file)")
     m = _ORG_RE.search(urlsplit(url).path)
     if not m:
         raise SettingsError(f"chef_server_url must end in /organizations/ORG_NAME: {url}")
-    return m.group(1)
+    return m
+
+
+def org_from_url(url: Optional[str]) -> str:
+    """The organization name, parsed as the original client does."""
+    return _org_match(url).group(1)
+
+
+def api_base_url(url: Optional[str]) -> str:
+    """`chef_server_url` cut right after `/organizations/ORG`: what the config path hangs off.
+
+    A trailing slash, repeated slashes after `organizations` and any path
+    segments after the org are dropped (the original joined the config path
+    to the URL as written, so `…/organizations/acme/extra` asked for
+    `…/acme/extra/pushy/config/NODE`, which no server routes); a prefix
+    before `/organizations` (a reverse proxy's) and the port are kept. A
+    query or fragment is dropped.
+    """
+    m = _org_match(url)
+    assert url is not None
+    parts = urlsplit(url)
+    path = parts.path[: m.start()] + f"/organizations/{m.group(1)}"
+    return f"{parts.scheme}://{parts.netloc}{path}"
 
 
 # --- key table -------------------------------------------------------------------
@@ -159,7 +190,10 @@ _KEYS: dict[str, tuple[str, str]] = {
     "restart_splay": ("nonneg_float", "restart_splay"),
     "command_check_timeout": ("pos_float", "command_check_timeout"),
     "whitelist_poll_interval": ("pos_float", "whitelist_poll_interval"),
-    "report_facts": ("bool", "report_facts"),
+    "report_facts": ("report_facts", "report_facts"),
+    "http_proxy": ("str_or_none", "http_proxy"),
+    "https_proxy": ("str_or_none", "https_proxy"),
+    "no_proxy": ("str_or_none", "no_proxy"),
     # aliases
     "chef_environment": ("str", "environment"),
     "trusted_certs_dir": ("str_or_none", "ca_file"),
@@ -168,8 +202,8 @@ _KEYS: dict[str, tuple[str, str]] = {
 
 # Chef::Config keys a client.rb legitimately carries that the agent does not use.
 _CHEF_KEYS_IGNORED = {
-    "http_proxy", "https_proxy", "http_proxy_user", "http_proxy_pass", "https_proxy_user",
-    "https_proxy_pass", "no_proxy", "validation_client_name", "validation_key", "cookbook_path",
+    "http_proxy_user", "http_proxy_pass", "https_proxy_user",
+    "https_proxy_pass", "validation_client_name", "validation_key", "cookbook_path",
     "json_attribs", "interval", "splay", "pid_file", "cache_path", "file_backup_path",
     "encrypted_data_bag_secret", "policy_name", "policy_group", "chef_license", "ohai",
     "rest_timeout", "checksum_path", "file_staging_uses_destdir", "local_mode", "chef_zero",
@@ -212,6 +246,12 @@ def _coerce(kind: str, key: str, value: Any) -> Any:
         if value < 0 or (kind == "pos_float" and value == 0):
             raise bad("a positive number" if kind == "pos_float" else "a number >= 0")
         return float(value)
+    if kind == "report_facts":
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, str) and value.lower().lstrip(":") in ("auto", "true", "false"):
+            return value.lower().lstrip(":")
+        raise bad("auto, true or false")
     if kind == "log_level":
         if isinstance(value, str) and value.lower().lstrip(":") in LOG_LEVELS:
             return value.lower().lstrip(":")

@@ -375,7 +375,9 @@ def test_config_for_a_client(world):
     assert (doc["lifetime"], doc["max_message_skew"], doc["max_body_size"]) == (3600, 300, 65536)
     assert doc["incarnation_id"] == s.status()["incarnation_id"]
     assert list(doc) == ["type", "host", "push_jobs", "node", "organization", "public_key", "curve_public_key",
-                         "encoded_session_key", "lifetime", "max_message_skew", "max_body_size", "incarnation_id"]
+                         "encoded_session_key", "lifetime", "max_message_skew", "max_body_size", "incarnation_id",
+                         "pushjobs"]
+    assert doc["pushjobs"]["node_facts"] is True  # our marker: the agent may PUT facts to …/nodes/NODE
     # same session key again, re-encrypted
     doc2 = _config(world, world.web1, "web1", ccpk=pub).json()
     assert doc2["encoded_session_key"]["key"] != doc["encoded_session_key"]["key"]

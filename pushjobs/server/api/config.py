@@ -25,6 +25,13 @@ log = logging.getLogger(__name__)
 
 bp = Blueprint("config", __name__, url_prefix="/organizations/<org>/pushy")
 
+try:
+    from importlib.metadata import version as _dist_version
+
+    _VERSION = _dist_version("pushjobs")
+except Exception:  # noqa: BLE001 - not installed as a distribution
+    from pushjobs import __version__ as _VERSION
+
 OFFLINE_THRESHOLD = 3
 ONLINE_THRESHOLD = 2
 Z85_KEY_LENGTH = 40
@@ -89,5 +96,9 @@ def config(org: str, node: str) -> Response:
     body["max_message_skew"] = int(settings.max_message_skew)
     body["max_body_size"] = int(settings.max_body_size)
     body["incarnation_id"] = runtime_value(runtime.incarnation_id)
+    # Our marker, after every original field (unknown fields are ignored by the
+    # stock client): the agent reports node facts to `…/nodes/NODE` only when
+    # it sees `node_facts` here; behind a Chef server that URL is the real node.
+    body["pushjobs"] = {"version": _VERSION, "node_facts": "nodes" in current_app.blueprints}
     log.info("config for node %s/%s sent to %s %s", org, node, requestor.kind, requestor.name)
     return json_response(body)
