@@ -129,10 +129,16 @@ def ensure_nfpm() -> str:
     return str(path)
 
 
-def _pip(*args: str) -> subprocess.CompletedProcess:
+def _pip(*args: str, isolated: bool = False) -> subprocess.CompletedProcess:
+    """Run pip; `isolated`: without any pip configuration (files or PIP_*
+    variables), as the post-install step runs it on the target."""
     cmd = [sys.executable, "-m", "pip", *args]
+    env = None
+    if isolated:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+        env["PIP_CONFIG_FILE"] = os.devnull
     log.info("running %s", " ".join(cmd))
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
 
 
 def wheel_glibc(filename: str) -> tuple[int, int] | None:
@@ -149,12 +155,14 @@ def wheel_glibc(filename: str) -> tuple[int, int] | None:
     return min(needs) if needs else None
 
 
-def build_wheelhouse(out: Path) -> Path:
+def build_wheelhouse(out: Path) -> list[Path]:
     """Wheels of the project and all its dependencies, for CPython 3.11/x86_64.
 
     The dependency wheels are kept between builds (first an offline attempt
     against what is already there, then the index); the project's own wheel
-    is rebuilt every time."""
+    is rebuilt every time. Returns exactly the wheels an offline install of
+    the project resolves to (so a stale wheel left in the directory is never
+    shipped), plus pip's."""
     if sys.version_info[:2] != TARGET_PYTHON:
         raise RuntimeError(
             f"build the packages with Python {TARGET_PYTHON[0]}.{TARGET_PYTHON[1]} "
@@ -184,26 +192,49 @@ def build_wheelhouse(out: Path) -> Path:
                    PIP_REQUIREMENT)
         if res.returncode != 0:
             raise RuntimeError("pip download of pip failed:\n" + res.stderr)
-    bad = [w.name for w in wheels.glob("*.whl") if not _OK_TAG.search(w.name)]
+    project = sorted(wheels.glob("pushjobs-*.whl"))
+    if not project:
+        raise RuntimeError("the project wheel is missing from the wheelhouse")
+    selected = resolve_offline(wheels, project[0], out / "resolution.json")
+    selected += sorted(wheels.glob("pip-*.whl"))[-1:]
+    bad = [w.name for w in selected if not _OK_TAG.search(w.name)]
     if bad:
         raise RuntimeError(f"wheels not installable on CPython 3.11/x86_64: {bad}")
-    too_new = [w.name for w in wheels.glob("*.whl")
-               if (wheel_glibc(w.name) or (0, 0)) > TARGET_GLIBC]
+    too_new = [w.name for w in selected if (wheel_glibc(w.name) or (0, 0)) > TARGET_GLIBC]
     if too_new:
         raise RuntimeError(f"wheels needing a glibc newer than "
                            f"{TARGET_GLIBC[0]}.{TARGET_GLIBC[1]}: {too_new}")
-    if not any(wheels.glob("pushjobs-*.whl")):
-        raise RuntimeError("the project wheel is missing from the wheelhouse")
-    return wheels
+    return selected
 
 
-def nfpm_config(spec: PackageSpec, version: str, wheels: Path) -> dict:
+def resolve_offline(wheels: Path, project: Path, report: Path) -> list[Path]:
+    """The wheels `pip install --no-index --find-links WHEELS PROJECT` would
+    install on this interpreter (a dry run with pip's installation report):
+    the same resolution the post-install step makes on the target."""
+    res = _pip("install", "--dry-run", "--quiet", "--ignore-installed", "--no-index",
+               "--find-links", str(wheels), "--report", str(report), str(project),
+               isolated=True)
+    if res.returncode != 0:
+        raise RuntimeError("the wheelhouse does not install offline:\n" + res.stdout + res.stderr)
+    selected = []
+    for item in json.loads(report.read_text())["install"]:
+        url = item["download_info"]["url"]
+        if not url.startswith("file://"):
+            raise RuntimeError(f"resolution left the wheelhouse: {url}")
+        path = Path(url[len("file://"):])
+        if path.suffix != ".whl" or path.parent.resolve() != wheels.resolve():
+            raise RuntimeError(f"resolution used something else than a wheel of {wheels}: {path}")
+        selected.append(path)
+    return sorted(selected)
+
+
+def nfpm_config(spec: PackageSpec, version: str, wheels: list[Path]) -> dict:
     """The nfpm configuration of one package (written out as JSON, which is YAML)."""
     share = f"/usr/share/{spec.name}"
     contents: list[dict] = [
         {"src": str(w), "dst": f"{share}/wheels/{w.name}",
          "file_info": {"mode": 0o644}}
-        for w in sorted(wheels.glob("*.whl"))
+        for w in sorted(wheels)
     ]
     contents += [
         {"src": str(ROOT / spec.conffile_src), "dst": spec.conffile_dst,

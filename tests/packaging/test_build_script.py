@@ -46,8 +46,8 @@ def test_wheel_tags_for_cpython_311_x86_64(name: str, ok: bool) -> None:
 
 
 def test_nfpm_config_of_the_server(tmp_path: Path) -> None:
-    (tmp_path / "pushjobs-0.1.0-py3-none-any.whl").write_bytes(b"")
-    cfg = build.nfpm_config(build.SERVER, "0.1.0", tmp_path)
+    wheel = tmp_path / "pushjobs-0.1.0-py3-none-any.whl"
+    cfg = build.nfpm_config(build.SERVER, "0.1.0", [wheel])
     assert cfg["name"] == "push-jobs-server" and cfg["version"] == "0.1.0"
     by_dst = {c["dst"]: c for c in cfg["contents"]}
     conf = by_dst["/etc/push-jobs-server/push-jobs-server.rb"]
@@ -66,7 +66,7 @@ def test_nfpm_config_of_the_server(tmp_path: Path) -> None:
 
 
 def test_nfpm_config_of_the_client(tmp_path: Path) -> None:
-    cfg = build.nfpm_config(build.CLIENT, "0.1.0", tmp_path)
+    cfg = build.nfpm_config(build.CLIENT, "0.1.0", [])
     by_dst = {c["dst"]: c for c in cfg["contents"]}
     assert by_dst["/etc/push-jobs-client/push-jobs-client.yml"]["type"] == "config|noreplace"
     assert {"/usr/bin/push-jobs-client", "/usr/bin/pushjobs"} <= set(by_dst)
