@@ -5,8 +5,11 @@ fqdn, ipaddress, platform, platform_family, platform_version, os, kernel
 (name, release) and roles under `automatic`; `role[...]` entries in
 `run_list`; the environment in `chef_environment`; tags in `normal.tags`.
 Sent with `PUT {chef_server_url}/nodes/{node}` at start and after every
-reconfigure. An older server without that endpoint answers 404/405: the
-agent logs a warning and carries on.
+reconfigure, and only to a server whose config carries our marker
+(`"pushjobs": {"node_facts": true}`, see `SessionOptions.wants_facts`):
+behind a Chef server that URL is Chef's own node, which this document would
+overwrite. A server without the endpoint answers 404/405: the agent logs a
+warning and carries on.
 """
 
 from __future__ import annotations
