@@ -59,7 +59,10 @@ def create_app(settings: Settings, runtime: Any, *, public_key_pem: Optional[str
     app.config["JSON_SORT_KEYS"] = False
     app.json.sort_keys = False  # keep the original's key order in documents
     app.json.compact = True
-    app.url_map.strict_slashes = True
+    # `…/pushy/jobs/` is `…/pushy/jobs`, as in the original (webmachine's dispatch ignores
+    # a trailing slash; the pedant suite GETs and POSTs `jobs/` and `node_states/`). Chef
+    # signing drops the trailing slash too, so the signature covers the same path.
+    app.url_map.strict_slashes = False
     app.extensions["pushjobs"] = AppState(
         settings=settings,
         runtime=runtime,

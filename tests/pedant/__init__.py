@@ -1,0 +1,1 @@
+"""Ports of the original server's REST integration suite (oc-pushy-pedant) against our real server."""
