@@ -69,7 +69,9 @@ def whitelist_for(node: str, d: Path) -> dict[str, Any]:
         "sleep 5": "sleep 5",
         "sleep 10": "sleep 10",
         "this_oughta_succeed": "true",
-        "this_oughta_fail": "false",
+        # the original's ruby one-liner took a moment to start: both nodes' run_start come
+        # before either run_complete in the SSE spec's two-node traces
+        "this_oughta_fail": "sleep 0.5; exit 1",
         # uid, euid, cwd and environment to $OUT (the original's 'ruby-opts'); the job
         # file is copied while the job runs (ours removes it when the job ends).
         "ruby-opts": (f'o="${{OUT:-{d}/ruby-opts-$CHEF_PUSH_NODE_NAME}}"; '
@@ -122,29 +124,28 @@ class PedantEnv:
     # --- agents ------------------------------------------------------------
     def start_agent(self, name: str, **settings: Any) -> Any:
         """Start (or restart) the real agent `name` and wait until the server says available."""
-        agent = self.agents.get(name)
-        if agent is None:
-            principal = self.principals.get(name) or self.server.create_client(name, ORG)
-            self.principals[name] = principal
-            agent = self.agent_factory(self.server, ORG, name, whitelist=whitelist_for(name, self.dir),
-                                       settings=settings, principal=principal, wait=False)
-            self.agents[name] = agent
-            agent.wait_connected()
-        else:
-            before = agent.connect_count()
-            agent.start(wait=False)
-            agent.wait_connected(after=before)
-        agent.wait_available(self.http)
-        return agent
+        return self.ensure_agents(name, settings=settings)[0]
 
-    def ensure_agents(self, *names: str) -> list:
-        """The named agents running and available (restarted if a test stopped them)."""
-        out = []
+    def ensure_agents(self, *names: str, settings: Optional[dict] = None) -> list:
+        """The named agents running and available: stopped ones are (re)started together,
+        then waited for (agent start-up is the slow part of these tests)."""
+        waits = []
         for n in names:
-            a = self.agents.get(n)
-            if a is None or not a.running:
-                a = self.start_agent(n)
-            out.append(a)
+            agent = self.agents.get(n)
+            if agent is None:
+                principal = self.principals.get(n) or self.server.create_client(n, ORG)
+                self.principals[n] = principal
+                agent = self.agent_factory(self.server, ORG, n, whitelist=whitelist_for(n, self.dir),
+                                           settings=settings or {}, principal=principal, wait=False)
+                self.agents[n] = agent
+                waits.append((agent, 0))
+            elif not agent.running:
+                before = agent.connect_count()
+                agent.start(wait=False)
+                waits.append((agent, before))
+        for agent, before in waits:
+            agent.wait_connected(after=before)
+        out = [self.agents[n] for n in names]
         for a in out:
             a.wait_available(self.http)
         return out
