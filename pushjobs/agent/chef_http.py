@@ -9,12 +9,19 @@ Proxies as with Chef's HTTP stack: the `http_proxy`/`https_proxy`/`no_proxy`
 settings (client.rb's names) win, else the same variables from the
 environment (requests' `trust_env`). Only HTTP goes through a proxy; the
 ZeroMQ sockets always connect directly.
+
+TLS trust as with Chef: a CA *directory* (Chef's `trusted_certs_dir`, filled
+by `knife ssl fetch` with plain `*.crt` files that OpenSSL's hashed-directory
+lookup would never find) is turned into one bundle: the default CAs plus
+every certificate in the directory, rebuilt when the directory changes.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import tempfile
 from typing import Any, Mapping, Optional
 from urllib.parse import quote, urlsplit
 
@@ -50,6 +57,7 @@ class ChefHTTP:
         # passed on every request: a session-level `verify` loses against
         # REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE in requests' environment merge
         self.verify = verify
+        self._bundle: Optional[tuple[int, str]] = None  # (dir mtime_ns, bundle path)
         # {"http": URL, "https": URL, "no_proxy": "a,b"} from the settings; None values unset
         self.proxies = {k: v for k, v in (proxies or {}).items() if v}
 
@@ -65,6 +73,25 @@ class ChefHTTP:
 
     def close(self) -> None:
         self.session.close()
+        if self._bundle is not None:
+            _unlink(self._bundle[1])
+            self._bundle = None
+
+    def tls_verify(self) -> Any:
+        """The `verify` argument: True/False/a CA file as given; a directory becomes a bundle."""
+        verify = self.verify
+        if not isinstance(verify, str) or not os.path.isdir(verify):
+            return verify
+        try:
+            stamp = os.stat(verify).st_mtime_ns
+        except OSError:
+            return verify
+        if self._bundle is None or self._bundle[0] != stamp:
+            path = ca_bundle_from_dir(verify)
+            if self._bundle is not None:
+                _unlink(self._bundle[1])
+            self._bundle = (stamp, path)
+        return self._bundle[1]
 
     def request(self, method: str, rel_path: str, *, params: Optional[Mapping[str, str]] = None,
                 body: bytes = b"") -> requests.Response:
@@ -81,7 +108,7 @@ class ChefHTTP:
         try:
             return self.session.request(method, url, data=body or None, headers=headers,
                                         timeout=self.timeout, allow_redirects=False,
-                                        verify=self.verify, proxies=self.proxies_for(url))
+                                        verify=self.tls_verify(), proxies=self.proxies_for(url))
         except requests.RequestException as exc:
             raise HTTPError(f"{method} {url}: {exc.__class__.__name__}: {exc}") from None
 
@@ -101,3 +128,37 @@ class ChefHTTP:
     def put_json(self, rel_path: str, obj: Any) -> requests.Response:
         body = json.dumps(obj, separators=(",", ":")).encode()
         return self.request("PUT", rel_path, body=body)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def ca_bundle_from_dir(directory: str) -> str:
+    """A temporary CA bundle: the default CAs (certifi) plus the PEM certificates in `directory`."""
+    import certifi
+
+    parts: list[str] = []
+    with open(certifi.where(), encoding="ascii", errors="replace") as fh:
+        parts.append(fh.read())
+    added = 0
+    for name in sorted(os.listdir(directory)):
+        path = os.path.join(directory, name)
+        if not os.path.isfile(path):
+            continue
+        try:
+            with open(path, encoding="ascii", errors="replace") as fh:
+                text = fh.read(1 << 20)
+        except OSError:
+            continue
+        if "-----BEGIN CERTIFICATE-----" in text:
+            parts.append(text if text.endswith("\n") else text + "\n")
+            added += 1
+    fd, bundle = tempfile.mkstemp(prefix="push-jobs-client-ca-", suffix=".pem")
+    with os.fdopen(fd, "w", encoding="ascii") as out:
+        out.write("\n".join(parts))
+    log.debug("CA bundle %s: default CAs + %d certificate file(s) from %s", bundle, added, directory)
+    return bundle

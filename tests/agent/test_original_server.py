@@ -75,7 +75,7 @@ class OriginalServer:
     """The original server's wire behaviour, one thread for both ZeroMQ sockets."""
 
     def __init__(self, keys, *, interval=0.2, lifetime=3600, max_message_skew=300,
-                 curve_router=True, rehab_interval=0.15, marker=None, prefix=""):
+                 curve_router=True, rehab_interval=0.15, marker=None, prefix="", tls=None):
         self.keys = keys
         self.interval = interval  # seconds on the wire; the original's 10000 ms -> 10.0
         self.lifetime = lifetime
@@ -114,9 +114,16 @@ class OriginalServer:
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         self.http = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        if tls is not None:  # (certfile, keyfile): HTTPS like Chef's nginx
+            import ssl
+
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*tls)
+            self.http.socket = ctx.wrap_socket(self.http.socket, server_side=True)
         threading.Thread(target=self.http.serve_forever, daemon=True).start()
         self.port = self.http.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}{prefix}/organizations/{ORG}"
+        scheme = "https" if tls is not None else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.port}{prefix}/organizations/{ORG}"
 
     # --- HTTP: a Chef server front end with the push jobs add-on ------------------
     def config_doc(self, node):
@@ -449,10 +456,10 @@ def test_rehab_aborts_repeat_until_aborted_and_then_silence(original, agent):
     # the agent must stay connected on its one config fetch, heartbeating every interval
     first = len(server.received)
     server.wait_msg("heartbeat", after=first)
-    time.sleep(3 * 0.6)  # several command_check_timeouts of silence (the thing under test)
+    time.sleep(2 * 0.6)  # two command_check_timeouts of silence (the thing under test)
     beats = [b for _, b in server.received[first:] if b["type"] == "heartbeat"]
     assert len(server.config_requests()) == 1 and a.session.connected
-    assert 4 <= len(beats) <= 14  # ~every 0.2 s
+    assert 3 <= len(beats) <= 10  # ~every 0.2 s
     seqs = [b["sequence"] for b in beats]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
 
@@ -722,3 +729,50 @@ def test_client_rb_proxy_keys_are_read(tmp_path):
                     'http_proxy "http://proxy:3128"\nno_proxy "localhost"\n')
     s = load_settings(str(path))
     assert (s.http_proxy, s.https_proxy, s.no_proxy) == ("http://proxy:3128", None, "localhost")
+
+
+
+def self_signed(tmp_path):
+    """A self-signed certificate for 127.0.0.1, as `knife ssl fetch` would store it."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import NameOID
+
+    key = generate_rsa_key()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "chef.example.com")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+    (tmp_path / "server.pem").write_bytes(cert_pem)
+    (tmp_path / "server.key").write_text(private_key_pem(key))
+    trusted = tmp_path / "trusted_certs"
+    trusted.mkdir()
+    (trusted / "chef_example_com.crt").write_bytes(cert_pem)  # not an OpenSSL hash name
+    return str(tmp_path / "server.pem"), str(tmp_path / "server.key"), str(trusted)
+
+
+def test_https_front_end_trusted_through_chefs_trusted_certs_dir(original, agent, tmp_path):
+    from pushjobs.agent.settings import load_settings
+
+    cert, key, trusted = self_signed(tmp_path)
+    server = original(tls=(cert, key))
+    # not trusted: retried, never connected
+    a = agent(server.url)
+    wait_for(lambda: a.session.stats["config_failures"] >= 2, message="TLS failures")
+    assert not server.config_requests() and not a.session.connected
+    a.loop.stop()
+    # client.rb's trusted_certs_dir (plain *.crt files, as knife ssl fetch writes them)
+    rb = tmp_path / "client.rb"
+    rb.write_text(f'chef_server_url "{server.url}"\ntrusted_certs_dir "{trusted}"\n')
+    b = agent(server.url, ca_file=load_settings(str(rb)).ca_file)
+    connected_and_idle(server, b)
