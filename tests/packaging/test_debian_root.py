@@ -204,6 +204,13 @@ def test_server_ctl_agent_and_a_job(installed: DebianRoot, tmp_path: Path) -> No
     ctl("org-create", ORG)
     ctl("user-create", "alice", "--org", ORG, "--admin", "--key-out", "/tmp/alice.pem")
     ctl("client-create", NODE, "--org", ORG, "--key-out", "/tmp/node1.pem")
+    # an admin running the ctl as root (as the README shows) while the server
+    # runs: whatever it touches in the data directory stays the service's
+    root.run(["push-jobs-server-ctl", "user-create", "bob", "--org", ORG,
+              "--key-out", "/root/bob.pem"])
+    uid, _ = root.ids("push-jobs")
+    for p in root.host_path("/var/lib/push-jobs-server").iterdir():
+        assert p.stat().st_uid == uid, p
 
     # the agent, from the client package, as its unit runs it (root), with
     # settings rendered by the push_jobs cookbook's template
