@@ -550,6 +550,25 @@ def test_server_restart_new_incarnation_fresh_fsm(original, agent):
     assert a.session.server_incarnation == server.incarnation != old
 
 
+def test_server_restart_during_a_job_aborts_it_on_reconnect(original, agent):
+    """The restarted original has marked the job crashed; its fresh node FSM answers our
+    first message (a heartbeat naming the job) with `abort`: the job's group is killed."""
+    server = original()
+    a = agent(server.url)
+    connected_and_idle(server, a)
+    job = uuid.uuid4().hex
+    server.commit(NODE, job, "sleep")
+    server.wait_msg("ack_commit", job_id=job)
+    server.run_job(NODE, job)
+    server.wait_msg("ack_run", job_id=job)
+    mark = len(server.received)
+    server.restart()
+    _, aborted = server.wait_msg("aborted", after=mark)
+    assert aborted["job_id"] == job  # an unknown job to the new server: no rehab, just idle
+    wait_for(lambda: server.idle(), message="node idle on the restarted server")
+    wait_for(lambda: not a.jobs.busy, timeout=5, message="process group gone")
+
+
 # --- message validation with the config's max_message_skew ----------------------------
 
 def test_max_message_skew_from_config_both_directions(original, agent):
