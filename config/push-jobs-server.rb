@@ -73,7 +73,9 @@
 # Seconds a finished job lingers so that event-feed readers see its end.
 # wait_complete_time 5
 
-# Keep finished jobs this many days (nil = forever); older ones are purged.
+# Default age in days for `push-jobs-server-ctl purge-jobs` (nil: the verb
+# needs --older-than). Nothing is purged automatically: run purge-jobs from
+# cron or a timer.
 # job_retention_days nil
 
 # Captured output kept per node and channel, in bytes; longer output is
