@@ -232,18 +232,30 @@ def cmd_init(settings: Settings, args: argparse.Namespace) -> None:
         elif have_cert or have_key:
             raise CtlError(f"only one of {cert} and {key_path} exists; remove it or restore the other")
         else:
-            _self_signed(settings.server_name, cert, key_path)
+            write_self_signed_certificate(settings.server_name, cert, key_path)
             _fix_ownership(settings, [cert, key_path])  # the server user reads the key
             out(f"generated self-signed TLS certificate {cert} and key {key_path} (0600) for {settings.server_name}")
     elif cert and not os.path.exists(cert):
         out(f"note: {cert} does not exist; `{PROG} init --tls` makes a self-signed one")
 
 
-def _self_signed(server_name: str, cert_path: str, key_path: str, days: int = 3650) -> None:
+def write_self_signed_certificate(server_name: str, cert_path: str, key_path: str, days: int = 3650) -> None:
+    """Write a new self-signed certificate for `server_name` (plus localhost/127.0.0.1) and its key (0600).
+
+    Why it is its own CA: clients pin it as their trust root (the agent's
+    `ca_file`, the CLI's `--ca-file`, knife's trusted_certs), and strict
+    verifiers refuse a trust anchor that is not a proper CA certificate.
+    urllib3 2.x (requests) turns on OpenSSL's VERIFY_X509_STRICT, which wants
+    basicConstraints CA:TRUE (critical), keyUsage with keyCertSign and the
+    subject/authority key identifiers; Ruby's OpenSSL (knife, the original
+    client) checks the same. keyUsage digitalSignature/keyEncipherment and
+    extendedKeyUsage serverAuth keep it acceptable as the server's own leaf.
+    Existing files are never overwritten (O_EXCL). The test harness
+    (tests/helpers/server.py) uses this same function."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
-    from cryptography.x509.oid import NameOID
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
     for p in (cert_path, key_path):
         parent = os.path.dirname(os.path.abspath(p))
@@ -256,6 +268,7 @@ def _self_signed(server_name: str, cert_path: str, key_path: str, days: int = 36
     except ValueError:
         names.insert(0, x509.DNSName(server_name))
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, server_name[:64])])
+    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
     now = dt.datetime.now(dt.timezone.utc)
     certificate = (
         x509.CertificateBuilder()
@@ -265,8 +278,17 @@ def _self_signed(server_name: str, cert_path: str, key_path: str, days: int = 36
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=True,
+                          data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=False,
+                          encipher_only=False, decipher_only=False),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(ski, critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
         .add_extension(x509.SubjectAlternativeName(list(dict.fromkeys(names))), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
     _write_new_file(

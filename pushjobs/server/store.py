@@ -229,6 +229,29 @@ def sqlite_path(url: str, data_dir: str) -> str:
     return os.path.join(os.path.abspath(data_dir), path)
 
 
+class ImmediateSqliteDatabase(pw.SqliteDatabase):
+    """SQLite whose transactions take the write lock when they begin (`BEGIN IMMEDIATE`).
+
+    Why: with peewee's default `BEGIN` (DEFERRED) a transaction starts as a
+    reader and upgrades to a writer at its first write. Under WAL, when
+    another connection (a parallel `push-jobs-server-ctl`, the server's
+    writer greenlet) holds the write lock or has committed since our read
+    snapshot, that upgrade fails with SQLITE_BUSY at once: the busy handler
+    is not called, because waiting could deadlock or read stale data. So
+    `timeout=`/`busy_timeout` never helped and parallel writers died with
+    "database is locked". `BEGIN IMMEDIATE` asks for the write lock first,
+    and that wait does go through the busy handler.
+
+    Every write path (`db.atomic()`/`db.transaction()` anywhere: API, job
+    coordinator, identity, ctl, migrations) gets this by default; an
+    explicit `lock_type` ("DEFERRED", "EXCLUSIVE") still wins. A single
+    statement outside a transaction needs nothing: it takes its lock
+    up front. PostgreSQL is unaffected (a different class)."""
+
+    def begin(self, lock_type: Optional[str] = None) -> None:
+        super().begin(lock_type or "IMMEDIATE")
+
+
 def is_postgres_url(url: str) -> bool:
     return url.startswith(("postgresql://", "postgres://"))
 
@@ -240,7 +263,7 @@ def _make_database(url: str, data_dir: str, pool_size: int) -> pw.Database:
             parent = os.path.dirname(path)
             if not os.path.isdir(parent):
                 raise StoreError(f"database directory {parent} does not exist (run push-jobs-server-ctl init)")
-        return pw.SqliteDatabase(
+        return ImmediateSqliteDatabase(
             path,
             timeout=10,  # seconds; sqlite3's busy handler while another writer holds the lock
             pragmas={
@@ -305,13 +328,18 @@ def migrate_schema(
     with database.bind_ctx(MODELS):
         found = current_schema_version(database)
         if found is None:
-            if database.table_exists(Org._meta.table_name):
-                raise StoreError("database has pushjobs tables but no schema_version row; refusing to guess")
             with database.atomic():
-                _create_all(database)
-                SchemaVersion.create(version=target)
-            log.info("created database schema version %d", target)
-            return 0
+                # Read again under the write lock (SQLite: BEGIN IMMEDIATE): a parallel
+                # ctl or server may have created the schema since, and must not get a
+                # second version row.
+                found = current_schema_version(database)
+                if found is None:
+                    if database.table_exists(Org._meta.table_name):
+                        raise StoreError("database has pushjobs tables but no schema_version row; refusing to guess")
+                    _create_all(database)
+                    SchemaVersion.create(version=target)
+                    log.info("created database schema version %d", target)
+                    return 0
         if found > target:
             raise StoreError(
                 f"database schema version {found} is newer than this pushjobs understands ({target}); upgrade pushjobs"

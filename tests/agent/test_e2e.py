@@ -240,10 +240,7 @@ def test_server_restart_agents_come_back_without_operator_action(server_factory,
     srv = server_factory(ssl=True)
     srv.create_org(ORG)
     admin = srv.create_user("alice", org=ORG, admin=True)
-    http = srv.client(admin)
-    # SignedClient sets session.verify=False, which requests overrides with
-    # REQUESTS_CA_BUNDLE from the environment; ignore the environment here.
-    http.session.trust_env = False
+    http = srv.client(admin)  # verifies with the server's certificate (verify= on every request)
     ca = str(srv.directory / "tls" / "server.crt")
     agents = [agent_factory(srv, ORG, f"r{i}", whitelist={"hi": "echo hi"},
                             settings={"ca_file": ca}) for i in range(2)]

@@ -420,42 +420,16 @@ def test_config_files(fresh: Env, tmp_path: Path) -> None:
     assert cp.returncode == 0, cp.stderr
 
 
-def _strict_self_signed(directory: Path) -> None:
-    """A self-signed certificate urllib3 2.x accepts as its own CA (VERIFY_X509_STRICT wants
-    BasicConstraints CA and key identifiers, which tests/helpers' quick certificate lacks)."""
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-    from cryptography.x509.oid import NameOID
-
-    directory.mkdir(parents=True, exist_ok=True)
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(ski, critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .sign(key, hashes.SHA256()))
-    (directory / "server.key").write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()))
-    os.chmod(directory / "server.key", 0o600)
-    (directory / "server.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-
-
-def test_tls_verification(server_factory: Any, tmp_path: Path) -> None:
-    srv = server_factory(ssl=True, start=False)
-    _strict_self_signed(srv.directory / "tls")
+def test_tls_verification(server_factory: Any, agent_factory: Any, tmp_path: Path) -> None:
+    """HTTPS with the certificate `push-jobs-server-ctl init --tls` makes, verification ON:
+    the CLI trusts it with --ca-file / PUSHJOBS_CA_FILE, an agent with ca_file."""
+    tls = tmp_path / "tls"
+    srv = server_factory(start=False, settings={"ssl_certificate": str(tls / "server.crt"),
+                                                "ssl_certificate_key": str(tls / "server.key")})
+    srv.init()
+    assert "generated self-signed TLS certificate" in srv.ctl("init", "--tls").stdout
     srv.start()
+    assert srv.base_url.startswith("https://")
     srv.create_org("tls")
     user = srv.create_user("tina", org="tls", admin=True)
     base = {k: v for k, v in os.environ.items() if not k.startswith("PUSHJOBS_")}
@@ -466,8 +440,13 @@ def test_tls_verification(server_factory: Any, tmp_path: Path) -> None:
     cp = run("job", "list")
     assert cp.returncode == 3
     assert "TLS" in one_error(cp) and "--ca-file" in cp.stderr
-    cert = srv.directory / "tls" / "server.crt"
+    cert = tls / "server.crt"
     assert run("--ca-file", str(cert), "job", "list").returncode == 0
     assert run("job", "list", PUSHJOBS_CA_FILE=str(cert)).returncode == 0
+    agent = agent_factory(srv, "tls", "tls-node", whitelist={"hi": "echo hi"}, settings={"ca_file": str(cert)})
+    http = srv.client(user)  # verifies with the same certificate
+    agent.wait_available(http)
+    job = http.wait_job(http.create_job("hi", ["tls-node"]))
+    assert job["nodes"].get("succeeded") == ["tls-node"], job
     assert run("--insecure", "job", "list").returncode == 0
     assert run("job", "list", PUSHJOBS_INSECURE="1").returncode == 0

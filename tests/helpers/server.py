@@ -609,34 +609,20 @@ def _group_alive(pgid: int) -> bool:
 
 
 def make_self_signed_certificate(directory: Path, host: str = "127.0.0.1") -> tuple[Path, Path]:
-    """A throwaway self-signed certificate for 127.0.0.1 (HTTPS tests); returns (cert, key)."""
-    import datetime
-    import ipaddress
+    """A self-signed certificate for `host` (HTTPS tests); returns (cert, key).
 
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-    from cryptography.x509.oid import NameOID
+    Made by the ctl's own `write_self_signed_certificate` (what `init --tls`
+    writes), so the tests exercise the certificate operators get: one that
+    requests/urllib3 2.x and Ruby accept as a CA file with verification on."""
+    from pushjobs.server.ctl import write_self_signed_certificate
 
     directory.mkdir(parents=True, exist_ok=True)
     cert_path, key_path = directory / "server.crt", directory / "server.key"
     if cert_path.exists() and key_path.exists():
         return cert_path, key_path
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=2))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(host))]),
-                           critical=False)
-            .sign(key, hashes.SHA256()))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.TraditionalOpenSSL,
-                                           serialization.NoEncryption()))
-    os.chmod(key_path, 0o600)
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    for p in (cert_path, key_path):
+        p.unlink(missing_ok=True)
+    write_self_signed_certificate(host, str(cert_path), str(key_path), days=2)
     return cert_path, key_path
 
 

@@ -8,6 +8,7 @@ import io
 import http.server
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -136,6 +137,118 @@ def test_init_tls_writes_a_self_signed_certificate(tmp_path):
     (tmp_path / "plain").mkdir()
     plain = Ctl(tmp_path / "plain", subprocess=False)
     assert "--tls needs ssl_certificate" in plain.fails("init", "--tls")
+
+
+def _serve_tls(cert: Path, key: Path):
+    """A real HTTPS listener on 127.0.0.1 presenting `cert` (answers 200 "ok"); returns (server, port)."""
+    import ssl
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(cert), str(key))
+    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv, srv.server_address[1]
+
+
+@pytest.mark.parametrize("server_name", ["127.0.0.1", "push.example.test"])
+def test_init_tls_certificate_is_a_strict_ca_file(tmp_path, server_name):
+    """The `init --tls` certificate is accepted as its own CA file with verification on by
+    OpenSSL's X509_STRICT (what urllib3 2.x uses on Python 3.13+), by requests, and by Ruby."""
+    import ssl
+    import urllib.request
+
+    import requests
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    cert, key = tmp_path / "tls" / "cert.pem", tmp_path / "tls" / "key.pem"
+    c = Ctl(tmp_path, extra=f'server_name "{server_name}"\nssl_certificate "{cert}"\nssl_certificate_key "{key}"\n',
+            subprocess=False)
+    c.ok("init", "--tls")
+    crt = x509.load_pem_x509_certificate(cert.read_bytes())
+    ext = {e.oid: e for e in crt.extensions}
+    bc = crt.extensions.get_extension_for_class(x509.BasicConstraints)
+    assert bc.critical and bc.value.ca
+    ku = crt.extensions.get_extension_for_class(x509.KeyUsage).value
+    assert ku.key_cert_sign and ku.digital_signature and ku.key_encipherment
+    assert ExtendedKeyUsageOID.SERVER_AUTH in crt.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    ski = crt.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    aki = crt.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    assert aki.key_identifier == ski.digest and len(ext) == 6
+    san = crt.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "localhost" in san.get_values_for_type(x509.DNSName)
+    assert "127.0.0.1" in [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
+    if server_name != "127.0.0.1":
+        assert san.get_values_for_type(x509.DNSName)[0] == server_name
+
+    srv, port = _serve_tls(cert, key)
+    try:
+        url = f"https://127.0.0.1:{port}/"
+        strict = ssl.create_default_context(cafile=str(cert))
+        strict.verify_flags |= ssl.VERIFY_X509_STRICT | ssl.VERIFY_X509_PARTIAL_CHAIN
+        with urllib.request.urlopen(url, context=strict, timeout=10) as r:
+            assert r.read() == b"ok"
+        with urllib.request.urlopen(f"https://localhost:{port}/", context=strict, timeout=10) as r:
+            assert r.read() == b"ok"
+        assert requests.get(url, verify=str(cert), timeout=10).text == "ok"
+        # and a client that does not trust it still refuses it
+        with pytest.raises(requests.exceptions.SSLError):
+            requests.get(url, verify=True, timeout=10)
+        ruby = shutil.which("ruby")
+        if ruby:
+            script = ("require 'net/http'; require 'openssl'; "
+                      "st = OpenSSL::X509::Store.new; st.add_file(ARGV[0]); "
+                      "st.flags = OpenSSL::X509::V_FLAG_X509_STRICT; "
+                      "crt = OpenSSL::X509::Certificate.new(File.read(ARGV[0])); "
+                      "st.verify(crt) or abort(st.error_string); "
+                      "h = Net::HTTP.new('127.0.0.1', ARGV[1].to_i); h.use_ssl = true; "
+                      "h.verify_mode = OpenSSL::SSL::VERIFY_PEER; h.cert_store = st; "
+                      "print h.get('/').body")
+            cp = subprocess.run([ruby, "-e", script, str(cert), str(port)], capture_output=True, text=True,
+                                timeout=30)
+            assert cp.returncode == 0 and cp.stdout == "ok", cp.stderr
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_parallel_ctl_writers_and_a_running_server(server_factory, tmp_path):
+    """Eight ctl processes write at once while the server stores jobs: none gets
+    "database is locked" (SQLite transactions begin IMMEDIATE, so they wait their turn)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    srv = server_factory()
+    srv.create_org("acme")
+    http = srv.client(srv.create_user("alice", org="acme", admin=True))
+    stop, codes = threading.Event(), []
+
+    def post_jobs() -> None:
+        while not stop.is_set():
+            codes.append(http.post("jobs", json={"command": "chef-client", "nodes": ["a", "b", "c"]}).status_code)
+
+    poster = threading.Thread(target=post_jobs)
+    poster.start()
+    try:
+        with ThreadPoolExecutor(8) as ex:
+            results = list(ex.map(lambda i: srv.ctl("client-create", f"c{i}", "--org", "acme", "--key-out",
+                                                    str(tmp_path / f"c{i}.pem"), check=False), range(8)))
+    finally:
+        stop.set()
+        poster.join(30)
+    assert [r.stderr for r in results if r.returncode] == []
+    assert codes and set(codes) == {201}, codes
+    assert sorted(srv.ctl("client-list", "--org", "acme").stdout.split()) == [f"c{i}" for i in range(8)]
+    assert "database is locked" not in srv.log_text()
 
 
 def test_orgs_users_clients_groups(ctl, tmp_path):

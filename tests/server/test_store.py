@@ -141,6 +141,43 @@ def test_naive_utc_datetimes(store_db):
     assert abs(got - dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)) < dt.timedelta(seconds=60)
 
 
+def test_sqlite_transactions_take_the_write_lock_first(tmp_path):
+    """A transaction that reads, then writes while another connection committed in between,
+    must not fail with "database is locked": under WAL a DEFERRED read->write upgrade gets
+    SQLITE_BUSY at once (no busy handler). IMMEDIATE makes the other writer wait instead."""
+    import threading
+
+    url = f"sqlite:///{tmp_path / 'lock.db'}"
+    a = store._make_database(url, str(tmp_path), 1)
+    b = store._make_database(url, str(tmp_path), 1)
+    assert isinstance(a, store.ImmediateSqliteDatabase)
+    a.execute_sql("CREATE TABLE t (x INTEGER)")
+    b_started, b_done, errors = threading.Event(), threading.Event(), []
+
+    def other_writer() -> None:
+        try:
+            b_started.set()
+            with b.atomic():
+                b.execute_sql("INSERT INTO t VALUES (2)")
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+        finally:
+            b.close()
+            b_done.set()
+
+    with a.atomic():
+        assert a.execute_sql("SELECT COUNT(*) FROM t").fetchone() == (0,)
+        t = threading.Thread(target=other_writer)
+        t.start()
+        assert b_started.wait(5)
+        assert not b_done.wait(0.3)  # it waits for our lock instead of slipping in before our write
+        a.execute_sql("INSERT INTO t VALUES (1)")
+    t.join(10)
+    assert errors == []
+    assert [r[0] for r in a.execute_sql("SELECT x FROM t ORDER BY rowid")] == [1, 2]
+    a.close()
+
+
 _COOPERATIVE_SCRIPT = r'''
 import sys, time
 from gevent import monkey; monkey.patch_all()
