@@ -92,6 +92,8 @@ BEHAVIOURS = ("succeed", "fail", "nack", "slow", "silent", "disconnect")
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
 HEARTBEAT_CACHE_SIZE = 16
 JOB_STATES = frozenset(("idle", "committed", "running"))
+#: counter: the latest any timer (heartbeats, replies) fired in the last report window, ms
+LAG_KEY = "loop_lag_max_ms"
 
 
 class FleetError(Exception):
@@ -406,6 +408,7 @@ class FleetLoop(EventLoop):
         self._sock_of: dict[int, Any] = {}
         self._dirty: set = set()
         self._next_sweep = 0.0
+        self.max_lag = 0.0  # the latest a timer fired (s) since `take_lag()`: the simulator's own delay
 
     def add_reader(self, sock: Any, callback: Callable[[], None]) -> None:
         if isinstance(sock, _SharedSub):
@@ -489,9 +492,16 @@ class FleetLoop(EventLoop):
             self._guard(self._calls.popleft())
         now = self.clock()
         while self._timers and self._timers[0][0] <= now:
-            _, _, handle = heapq.heappop(self._timers)
+            when, _, handle = heapq.heappop(self._timers)
             if not handle.cancelled:
+                if now - when > self.max_lag:
+                    self.max_lag = now - when
                 self._guard(handle.fn)
+
+    def take_lag(self) -> float:
+        """The largest timer lateness since the last call (read from any thread)."""
+        lag, self.max_lag = self.max_lag, 0.0
+        return lag
 
     def close(self) -> None:
         super().close()
@@ -608,6 +618,8 @@ class FleetStats:
     def add(self, other: "FleetStats") -> "FleetStats":
         c = collections.Counter(self.counters)
         c.update(other.counters)
+        for k in (k for k in c if k.endswith("_max_ms")):  # maxima, not sums
+            c[k] = max(self.counters.get(k, 0), other.counters.get(k, 0))
         return FleetStats(self.nodes + other.nodes, self.connected + other.connected,
                           self.confirmed + other.confirmed, self.idle + other.idle,
                           self.committed + other.committed, self.running + other.running, dict(c))
@@ -753,6 +765,7 @@ class Fleet:
                 st.running += 1
             agg.update(s.stats)
         st.counters = dict(agg)
+        st.counters[LAG_KEY] = int(1000 * self.loop.take_lag())
         return st
 
 
@@ -878,7 +891,8 @@ def format_report(elapsed: float, st: FleetStats, view: dict[str, float]) -> str
             f" idle {st.idle} committed {st.committed} running {st.running}"
             f" | hb sent {c.get('heartbeats_sent', 0)} srv hb {c.get('server_heartbeats', 0)}"
             f" reconf {c.get('reconfigures', 0)} cfg fail {c.get('config_failures', 0)}"
-            f" send fail {c.get('send_failures', 0)} dropped {c.get('dropped', 0)}{srv}")
+            f" send fail {c.get('send_failures', 0)} dropped {c.get('dropped', 0)}"
+            f" lag {c.get(LAG_KEY, 0)}ms{srv}")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -59,6 +59,7 @@ def steady_state(b: Bench, seconds: float, profile_dir: Optional[Path], hb: Hear
     worker = b.worker_pid
     time.sleep(5)  # let the start-up transients settle
     hb.take()
+    wall0 = time.time()
     m0, c0 = b.metrics(), b.fleet_counters()
     s0 = procstat.sample(worker)
     f0 = [procstat.sample(p) for p in b.fleet_pids()]
@@ -93,7 +94,7 @@ def steady_state(b: Bench, seconds: float, profile_dir: Optional[Path], hb: Hear
         "msgs_per_s": msgs, "cpu_us_per_msg": 1e6 * procstat.cpu_share(s0, s1) / msgs if msgs else float("nan"),
         "false_downs": extra_aborts, "fleet_reconfigures": reconfigures,
         "min_online": min_online, "min_available": min_avail, "fleet_cpu": fleet_cpu,
-        "max_heartbeat_gap": hb.take(),
+        "max_heartbeat_gap": hb.take(), "fleet_lag": b.fleet_lag_max(wall0 + 5),
         "dropped": {k: v for k, v in m1.items() if k.startswith("pushjobs_messages_dropped_total")},
         "profile": str(profile_dir / "steady-server.txt") if prof is not None else None,
     }
@@ -114,6 +115,7 @@ def fanout(b: Bench, runs: int, profile_dir: Optional[Path], hb: HeartbeatWatch)
     time.sleep(5.5)
     c0 = b.fleet_counters()
     hb.take()
+    wall0 = time.time()
     names = [f"{b.prefix}{i}" for i in range(1, b.nodes + 1)]
     observed, server_side, post_times, statuses = [], [], [], []
     node_counts: list[dict[str, int]] = []
@@ -164,7 +166,7 @@ def fanout(b: Bench, runs: int, profile_dir: Optional[Path], hb: HeartbeatWatch)
     time.sleep(5.5)
     c1 = b.fleet_counters()
     res = {
-        "max_heartbeat_gap": gap,
+        "max_heartbeat_gap": gap, "fleet_lag": b.fleet_lag_max(wall0 + 5),
         "fleet_reconfigures": c1.get("reconfigures", 0) - c0.get("reconfigures", 0),
         "aborts": c1.get("received_abort", 0) - c0.get("received_abort", 0),
         "runs": runs, "statuses": statuses, "node_counts": node_counts, "not_ready": not_ready, "median": median(observed), "p95": pct(observed, 95),
@@ -303,10 +305,10 @@ def suite(a: argparse.Namespace) -> int:
             sections.append("**Steady state** (1 s heartbeat)\n\n" + table(
                 ["seconds", "server CPU (cores)", "server RSS MiB (max)", "msgs/s in", "CPU µs/msg",
                  "false downs", "fleet reconfigures", "min online", "min available", "fleet CPU (cores)",
-                 "max server heartbeat gap s"],
+                 "max server heartbeat gap s", "max simulator timer lag s"],
                 [[st["seconds"], st["server_cpu"], st["server_rss_mib"], st["msgs_per_s"], st["cpu_us_per_msg"],
                   st["false_downs"], st["fleet_reconfigures"], st["min_online"], st["min_available"],
-                  st["fleet_cpu"], st["max_heartbeat_gap"]]]))
+                  st["fleet_cpu"], st["max_heartbeat_gap"], st["fleet_lag"]]]))
             if st["dropped"]:
                 sections.append(f"dropped: `{json.dumps(st['dropped'])}`")
             if st["profile"] and os.path.exists(st["profile"]):
@@ -319,11 +321,12 @@ def suite(a: argparse.Namespace) -> int:
             job_id = fo["job_ids"][-1]
             sections.append("**Fan-out** (`chef-client` on all nodes, POST → complete)\n\n" + table(
                 ["runs", "statuses", "median s", "p95 s", "server-side median s", "server-side p95 s",
-                 "POST median s", "all runs s", "max server heartbeat gap s", "fleet reconfigures",
+                 "POST median s", "all runs s", "max server heartbeat gap s", "max simulator timer lag s",
+                 "fleet reconfigures",
                  "aborts received (rehab or re-registration)"],
                 [[fo["runs"], " ".join(map(str, fo["statuses"])), fo["median"], fo["p95"],
                   fo["server_median"], fo["server_p95"], fo["post_median"],
-                  " ".join(f"{x:.2f}" for x in fo["observed"]), fo["max_heartbeat_gap"],
+                  " ".join(f"{x:.2f}" for x in fo["observed"]), fo["max_heartbeat_gap"], fo["fleet_lag"],
                   fo["fleet_reconfigures"], fo["aborts"]]]))
             if any(st != "complete" for st in fo["statuses"]) or any(
                     set(c) != {"succeeded"} for c in fo["node_counts"]):

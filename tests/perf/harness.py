@@ -164,6 +164,15 @@ class Bench:
         row = json.loads(lines[-1])
         return {**row["counters"], "connected": row["connected"], "confirmed": row["confirmed"]}
 
+    def fleet_lag_max(self, since_wall: float) -> float:
+        """The simulator's worst timer lateness (s) in the reports written after `since_wall`."""
+        try:
+            rows = [json.loads(x) for x in self.fleet_stats.read_text().splitlines()]
+        except FileNotFoundError:
+            return float("nan")
+        lags = [r["counters"].get("loop_lag_max_ms", 0) for r in rows if r.get("wall", 0) >= since_wall]
+        return max(lags) / 1000.0 if lags else float("nan")
+
     def wait_all_available(self, timeout: float, poll: float = 1.0,
                            on_poll: Optional[Callable[[float, int], None]] = None) -> float:
         """Seconds until the server reports every node available; raises on timeout."""
