@@ -106,10 +106,11 @@ def steady_state(b: Bench, seconds: float, profile_dir: Optional[Path], hb: Hear
 # 2. fan-out
 
 
-def fanout(b: Bench, runs: int, profile_dir: Optional[Path], hb: HeartbeatWatch) -> dict[str, Any]:
+def fanout(b: Bench, runs: int, profile_dir: Optional[Path], hb: HeartbeatWatch,
+           avail_timeout: float = 120.0) -> dict[str, Any]:
     assert b.admin is not None
     try:
-        b.wait_all_available(timeout=120, poll=0.5)
+        b.wait_all_available(timeout=avail_timeout, poll=0.5)
     except TimeoutError:
         pass
     time.sleep(5.5)
@@ -124,7 +125,7 @@ def fanout(b: Bench, runs: int, profile_dir: Optional[Path], hb: HeartbeatWatch)
     not_ready: list[str] = []
     for run in range(runs):
         try:
-            b.wait_all_available(timeout=120, poll=0.5)
+            b.wait_all_available(timeout=avail_timeout, poll=0.5)
         except TimeoutError as exc:  # measure anyway, and say so
             not_ready.append(f"run {run + 1}: {exc}")
             log(f"fan-out run {run + 1}: {exc}; running it anyway")
@@ -265,6 +266,17 @@ def reconnect_storm(b: Bench, timeout: float) -> dict[str, Any]:
 # the suite
 
 
+def _seconds_left(stop_by: Optional[str]) -> float:
+    if not stop_by:
+        return float("inf")
+    import datetime as dt
+
+    now = dt.datetime.now(dt.timezone.utc)
+    hh, mm = (int(x) for x in stop_by.split(":"))
+    end = now.replace(hour=hh, minute=mm, second=0, microsecond=0)
+    return (end - now).total_seconds()
+
+
 def suite(a: argparse.Namespace) -> int:
     b = Bench(a.nodes, db=a.db, fleet_processes=a.fleet_processes, sub_mode=a.sub)
     profile_dir = b.workdir / "profiles" if a.profile else None
@@ -300,7 +312,15 @@ def suite(a: argparse.Namespace) -> int:
                               [[a.nodes, a.db, b.fleet_processes, b.sub_mode, ramp, t_start, startup_cpu_ms,
                                 rss / 2**20]]))
 
-        if a.steady > 0:
+        def fits(phase: str, need: float) -> bool:
+            left = _seconds_left(a.stop_by)
+            if left >= need:
+                return True
+            notes.append(f"{phase} skipped: {left:.0f}s left before {a.stop_by} UTC, it needs ~{need:.0f}s")
+            log(notes[-1])
+            return False
+
+        if a.steady > 0 and fits("steady state", a.steady + 30):
             st = steady_state(b, a.steady, profile_dir, hb)
             sections.append("**Steady state** (1 s heartbeat)\n\n" + table(
                 ["seconds", "server CPU (cores)", "server RSS MiB (max)", "msgs/s in", "CPU µs/msg",
@@ -316,8 +336,8 @@ def suite(a: argparse.Namespace) -> int:
                                 + profile_report(st["profile"], 12) + "\n\n</details>")
 
         job_id = None
-        if a.runs > 0:
-            fo = fanout(b, a.runs, profile_dir, hb)
+        if a.runs > 0 and fits("fan-out", 60 + a.runs * 30):
+            fo = fanout(b, a.runs, profile_dir, hb, a.avail_timeout)
             job_id = fo["job_ids"][-1]
             sections.append("**Fan-out** (`chef-client` on all nodes, POST → complete)\n\n" + table(
                 ["runs", "statuses", "median s", "p95 s", "server-side median s", "server-side p95 s",
@@ -339,7 +359,7 @@ def suite(a: argparse.Namespace) -> int:
                 sections.append("<details><summary>server profile, last fan-out run (py-spy)</summary>\n\n"
                                 + profile_report(fo["profile"], 12) + "\n\n</details>")
 
-        if a.api_seconds > 0:
+        if a.api_seconds > 0 and fits("API", 2 * a.api_seconds + 20):
             rows = []
             paths = ["node_states"] + ([f"jobs/{job_id}"] if job_id else [])
             for path in paths:
@@ -350,7 +370,7 @@ def suite(a: argparse.Namespace) -> int:
                 ["endpoint", "client threads", "requests", "errors", "req/s", "p50 ms", "p99 ms",
                  "server CPU", "max server heartbeat gap s"], rows))
 
-        if a.restart:
+        if a.restart and fits("reconnect storm", 90):
             rc = reconnect_storm(b, a.reconnect_timeout)
             sections.append("**Reconnect storm** (server restarted with all nodes connected)\n\n" + table(
                 ["stop s", "back up s", "all available after up s", "total s", "server CPU meanwhile (cores)",
@@ -392,6 +412,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sub", choices=("per-node", "shared"), default=None)
     s.add_argument("--max-seconds", type=float, default=3600.0, help="the fleet stops by itself after this")
     s.add_argument("--no-profile", dest="profile", action="store_false")
+    s.add_argument("--avail-timeout", type=float, default=120.0,
+                   help="seconds to wait for every node before each fan-out run (then it runs anyway)")
+    s.add_argument("--stop-by", metavar="HH:MM", default=None,
+                   help="UTC time by which the suite must end: phases that would not fit are skipped")
     s.add_argument("--agent-heartbeats", dest="fast_heartbeats", action="store_false",
                    help="let the fleet encode heartbeats with the agent's message objects "
                         "(default: --fast-heartbeats, same bytes, less simulator CPU)")
