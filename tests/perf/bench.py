@@ -371,7 +371,7 @@ def suite(a: argparse.Namespace) -> int:
                  "server CPU", "max server heartbeat gap s"], rows))
 
         if a.restart and fits("reconnect storm", 90):
-            rc = reconnect_storm(b, a.reconnect_timeout)
+            rc = reconnect_storm(b, min(a.reconnect_timeout, max(60.0, _seconds_left(a.stop_by) - 30)))
             sections.append("**Reconnect storm** (server restarted with all nodes connected)\n\n" + table(
                 ["stop s", "back up s", "all available after up s", "total s", "server CPU meanwhile (cores)",
                  "server CPU ms per node", "config fetches", "config failures"],
