@@ -33,11 +33,15 @@ ADMIN = "pedant_admin"
 
 #: Server settings: the original's 60 s voting and 5 s linger become test-sized.
 SERVER_SETTINGS: dict[str, Any] = {
-    "voting_timeout": 3,
+    "voting_timeout": 3,        # > down detection (~1 s at 200 ms heartbeats), so the two differ
     "rehab_timer": 200,
-    "wait_complete_time": 3,
+    "wait_complete_time": 4,    # a finished job's full feed, then its summary
     "keep_alive_time": 1,
+    "org_feed_expiration": 60,
 }
+#: Agent settings: the filedir spec's 2-second expiration (harmless elsewhere: only
+#: job files older than that are swept, and jobs with files end within a second).
+AGENT_SETTINGS: dict[str, Any] = {"file_dir_expiry": 2}
 HEARTBEAT_MS = 200
 
 TERMINAL = ("complete", "quorum_failed", "timed_out", "aborted", "crashed")
@@ -136,7 +140,8 @@ class PedantEnv:
                 principal = self.principals.get(n) or self.server.create_client(n, ORG)
                 self.principals[n] = principal
                 agent = self.agent_factory(self.server, ORG, n, whitelist=whitelist_for(n, self.dir),
-                                           settings=settings or {}, principal=principal, wait=False)
+                                           settings={**AGENT_SETTINGS, **(settings or {})},
+                                           principal=principal, wait=False)
                 self.agents[n] = agent
                 waits.append((agent, 0))
             elif not agent.running:
@@ -213,6 +218,33 @@ def make_env(server_factory: Any, agent_factory: Any, *, settings: Optional[dict
     os.chmod(d, 0o755)
     (d / "echo_yahoo_to_tmp_pushytest").write_text(ECHO_YAHOO_SCRIPT.format(dir=d))
     return PedantEnv(srv, srv.client(admin), d, agent_factory)
+
+
+_SHARED: dict[str, PedantEnv] = {}
+
+
+def shared_env(request: Any) -> PedantEnv:
+    """The one server + agents shared by the pedant modules (server and agent start-up
+    dominate their run time on a loaded machine); stopped at the end of the session."""
+    env = _SHARED.get("env")
+    if env is not None and env.server.running:
+        return env
+    from tests.helpers.agents import AgentFactory
+    from tests.helpers.server import ServerFactory
+
+    tmp = request.getfixturevalue("tmp_path_factory")
+    servers = ServerFactory(tmp.mktemp("pedant-servers"))
+    agents = AgentFactory(tmp.mktemp("pedant-agents"))
+    env = make_env(servers, agents)
+    _SHARED["env"] = env
+
+    def cleanup() -> None:
+        _SHARED.pop("env", None)
+        agents.close()
+        servers.close()
+        close_env(env)
+    request.config.add_cleanup(cleanup)
+    return env
 
 
 def close_env(env: PedantEnv) -> None:

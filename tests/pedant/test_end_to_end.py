@@ -21,8 +21,8 @@ import time
 import pytest
 
 from tests.helpers.server import wait_for
-from tests.pedant.e2e_support import (DONKEY_FAILS, RUBY_EXIT_1, PedantEnv, close_env, echo_yahoo,
-                                      job_feed, make_env, pid_alive, brief)
+from tests.pedant.e2e_support import (DONKEY_FAILS, RUBY_EXIT_1, PedantEnv, brief, echo_yahoo, job_feed,
+                                      pid_alive, shared_env)
 
 pytestmark = pytest.mark.e2e
 
@@ -30,10 +30,9 @@ ALL3 = ["DONKEY", "FARQUAD", "FIONA"]
 
 
 @pytest.fixture(scope="module")
-def env(module_server_factory, module_agent_factory):
-    e = make_env(module_server_factory, module_agent_factory)
-    yield e
-    close_env(e)
+def env(request):
+    """The shared pedant server and agents (e2e_support.shared_env)."""
+    return shared_env(request)
 
 
 @pytest.fixture
@@ -68,6 +67,9 @@ def start_echo(env: PedantEnv, nodes: list[str], **options) -> str:
 
 
 def test_one_client_node_count_is_1(env):
+    for other in ("FARQUAD", "FIONA"):
+        if other in env.agents:
+            stop_agent(env, other)
     env.ensure_agents("DONKEY")
     assert env.node_fsm_count() == 1
 

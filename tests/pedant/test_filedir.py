@@ -20,7 +20,7 @@ import time
 import pytest
 
 from tests.helpers.server import wait_for
-from tests.pedant.e2e_support import PedantEnv, close_env, make_env
+from tests.pedant.e2e_support import PedantEnv, shared_env
 
 pytestmark = pytest.mark.e2e
 
@@ -28,15 +28,14 @@ FILE_DIR_EXPIRY_LIMIT = 10  # the spec's file_dir_expiry_limit
 
 
 @pytest.fixture(scope="module")
-def env(module_server_factory, module_agent_factory):
-    e = make_env(module_server_factory, module_agent_factory)
-    e.ensure_agents("DONKEY", settings={"file_dir_expiry": 2})
-    yield e
-    close_env(e)
+def env(request):
+    """The shared pedant server and agents (e2e_support.shared_env)."""
+    return shared_env(request)
 
 
 def run_ruby_opts(env: PedantEnv, out_name: str) -> dict:
-    """'ruby-opts' with file raw:test; returns the job's environment as the command saw it."""
+    """DONKEY runs with file_dir_expiry 2 (e2e_support.AGENT_SETTINGS).
+    'ruby-opts' with file raw:test; returns the job's environment as the command saw it."""
     out = env.dir / out_name
     jid = env.start_job("ruby-opts", ["DONKEY"], file="raw:test", env={"OUT": str(out)})
     assert env.wait_job(jid, ("complete",))["nodes"] == {"succeeded": ["DONKEY"]}
@@ -47,7 +46,7 @@ def run_ruby_opts(env: PedantEnv, out_name: str) -> dict:
 
 
 def test_within_the_expiry_limit_a_newly_created_job_file_is_cleaned_up(env):
-    agent = env.agents["DONKEY"]
+    agent = env.ensure_agents("DONKEY")[0]
     job_env = run_ruby_opts(env, "opts-1")
     path = job_env["CHEF_PUSH_JOB_FILE"]
     assert job_env["PUSHY_JOB_FILE"] == path  # the seed's alias (§17.0, D5)
@@ -65,7 +64,7 @@ def test_within_the_expiry_limit_a_newly_created_job_file_is_cleaned_up(env):
 
 
 def test_non_pushy_files_are_not_touched(env):
-    agent = env.agents["DONKEY"]
+    agent = env.ensure_agents("DONKEY")[0]
     keep = agent.file_dir / "not_a_pushy_file"
     keep.write_text("keep me")
     run_ruby_opts(env, "opts-2")

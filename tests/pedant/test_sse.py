@@ -19,23 +19,22 @@ import pytest
 
 from tests.helpers.fakenode import SseReader
 from tests.helpers.server import wait_for
-from tests.pedant.e2e_support import (ADMIN, NON_ASCII, Event, PedantEnv, close_env, expect_job_complete,
-                                      expect_node_event, expect_start, job_feed, make_env, sse_time,
-                                      validate_events)
+from tests.pedant.e2e_support import ADMIN, NON_ASCII, Event, PedantEnv
+from tests.pedant.e2e_support import SERVER_SETTINGS as SETTINGS
+from tests.pedant.e2e_support import (expect_job_complete, expect_node_event, expect_start, job_feed,
+                                      shared_env, sse_time, validate_events)
 
 pytestmark = pytest.mark.e2e
 
-SETTINGS = {"voting_timeout": 2, "wait_complete_time": 4, "keep_alive_time": 1, "org_feed_expiration": 60}
 COMMAND = "sleep 1"  # the spec's default job: sleep 1, quorum 1, run_timeout 2
 RUN_TIMEOUT = 2
 FINISHED = {}  # test name -> job id, for the summary test at the end
 
 
 @pytest.fixture(scope="module")
-def env(module_server_factory, module_agent_factory):
-    e = make_env(module_server_factory, module_agent_factory, settings=SETTINGS)
-    yield e
-    close_env(e)
+def env(request):
+    """The shared pedant server and agents (e2e_support.shared_env)."""
+    return shared_env(request)
 
 
 @pytest.fixture
