@@ -183,12 +183,15 @@ def fanout(b: Bench, runs: int, profile_dir: Optional[Path], hb: HeartbeatWatch,
 # 3. API
 
 
-def api_load(b: Bench, path: str, seconds: float, threads: int, hb: HeartbeatWatch) -> dict[str, Any]:
+def api_load(b: Bench, path: str, seconds: float, threads: int, hb: HeartbeatWatch,
+             as_client: Any = None, query: str = "") -> dict[str, Any]:
     """`threads` clients hammering GET path for `seconds`; headers signed once per client
-    (the server verifies every request; re-signing would measure the client's RSA)."""
+    (the server verifies every request; re-signing would measure the client's RSA).
+    `as_client`: a SignedClient to sign with (default the admin user); `query` is appended."""
     assert b.admin is not None and b.server is not None
+    signer = as_client or b.admin
     worker = b.worker_pid
-    url = b.server.base_url + b.admin.url_path(path)
+    url = b.server.base_url + signer.url_path(path) + query
     latencies: list[float] = []
     errors = 0
     lock = threading.Lock()
@@ -198,7 +201,7 @@ def api_load(b: Bench, path: str, seconds: float, threads: int, hb: HeartbeatWat
         nonlocal errors
         s = requests.Session()
         s.trust_env = False
-        headers = {"Accept": "application/json", **b.admin.signed_headers("GET", path)}
+        headers = {"Accept": "application/json", **signer.signed_headers("GET", path)}
         mine, bad = [], 0
         while time.monotonic() < deadline:
             t0 = time.perf_counter()
@@ -366,6 +369,18 @@ def suite(a: argparse.Namespace) -> int:
                 r = api_load(b, path, a.api_seconds, a.api_threads, hb)
                 rows.append([path.replace(job_id or "-", "ID"), a.api_threads, r["requests"], r["errors"], r["rps"],
                              r["p50_ms"], r["p99_ms"], r["server_cpu"], r["max_heartbeat_gap"]])
+            # the config handshake of one node (what every node does at start and after a restart)
+            from urllib.parse import quote
+
+            from pushjobs.protocol.keys import curve_keypair
+            from tests.helpers.server import Principal
+
+            node = Principal(name=f"{b.prefix}1", kind="client", org=b.org, key_path=b.key_path)
+            ccpk = quote(curve_keypair()[0], safe="")
+            r = api_load(b, f"config/{b.prefix}1", a.api_seconds, a.api_threads, hb,
+                         as_client=b.server.client(node), query=f"?ccpk={ccpk}&version=2.0")
+            rows.append(["config/NODE (handshake)", a.api_threads, r["requests"], r["errors"], r["rps"],
+                         r["p50_ms"], r["p99_ms"], r["server_cpu"], r["max_heartbeat_gap"]])
             sections.append("**API** (pre-signed GETs, keep-alive)\n\n" + table(
                 ["endpoint", "client threads", "requests", "errors", "req/s", "p50 ms", "p99 ms",
                  "server CPU", "max server heartbeat gap s"], rows))
