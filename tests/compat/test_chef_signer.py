@@ -34,7 +34,8 @@ PUSHY = f"/organizations/{ORG}/pushy"
 @pytest.fixture(scope="module")
 def env(module_server_factory, tmp_path_factory):
     """One server with a user, a job reader, a client web1 kept available by a FakeNode."""
-    srv = module_server_factory(heartbeat_interval=150)
+    # a finished job's history stays readable (not yet a `summary`) for the whole module
+    srv = module_server_factory(heartbeat_interval=150, settings={"wait_complete_time": 120})
     srv.create_org(ORG)
     alice = srv.create_user("alice", org=ORG, admin=True)
     web1 = srv.create_client("web1", org=ORG)
@@ -135,6 +136,7 @@ def test_jobs_node_states_output_and_feed(env):
                                              "sse_max_events": 50, "sse_timeout": 10}])
         assert feed["status"] == 200 and feed["content_type"].startswith("text/event-stream"), feed
         names = [e.get("event") for e in feed["events"]]
+        assert [e.get("id") for e in feed["events"]] == [f"job-{i}" for i in range(1, len(names) + 1)]
         assert names[0] == "start" and names[-1] == "job_complete", names
         run = json.loads(feed["events"][names.index("run_complete")]["data"])
         assert run["node"] == "web1" and run["status"] == "success", run  # §11.3 spelling
