@@ -416,3 +416,14 @@ def test_list_and_job_shapes_optional_keys(orgs: dict) -> None:
     assert with_file["file"] == "raw:hello" and "file_specified" not in with_file
     capture_false = http.create_job("true", ["DONKEY"], capture_output=False)
     assert "capture_output" not in http.job(capture_false)
+
+
+def test_error_body_shapes(orgs: dict) -> None:
+    """§10.2/§17.2 S4 (not in the suite): job validation and 413 say `{"error": "msg"}` (a
+    string); the auth and routing errors say `{"error": ["msg"]}` (a list)."""
+    http = orgs["plain"].http("admin_user")
+    assert_error(http.post("jobs", body=b"x" * 1_000_001, headers={"Content-Type": "application/json"}),
+                 413, "JSON must be no more than 1000000 bytes.")
+    assert_error(http.post("jobs", json={"command": 1, "nodes": ["DONKEY"]}), 400, "invalid command supplied")
+    assert_error(http.get("jobs/nope"), 404)  # a list (checked by assert_error)
+    assert_error(orgs["plain"].http("normal_user").post("jobs", json=JOB_TO_RUN), 403, no_access(NORMAL_USER))
