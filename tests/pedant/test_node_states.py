@@ -189,10 +189,3 @@ def test_online_node_shapes(orgs: dict) -> None:
     finally:
         node.stop()
 
-
-def test_accept_not_enforced(orgs: dict) -> None:
-    """Not in the suite: the original answered 406 when `Accept` excluded JSON; we do not
-    enforce `Accept` (docs/compatibility.md, "REST content negotiation") and answer JSON."""
-    r = orgs["plain"].http("admin_user").get(f"node_states/{NODE}", headers={"Accept": "text/html"})
-    assert r.status_code == 200 and r.headers["Content-Type"].startswith("application/json")
-    assert r.json() == offline()
