@@ -184,7 +184,7 @@ def fanout(b: Bench, runs: int, profile_dir: Optional[Path], hb: HeartbeatWatch,
 
 
 def api_load(b: Bench, path: str, seconds: float, threads: int, hb: HeartbeatWatch,
-             as_client: Any = None, query: str = "") -> dict[str, Any]:
+             as_client: Any = None, query: str = "", profile_to: Optional[Path] = None) -> dict[str, Any]:
     """`threads` clients hammering GET path for `seconds`; headers signed once per client
     (the server verifies every request; re-signing would measure the client's RSA).
     `as_client`: a SignedClient to sign with (default the admin user); `query` is appended."""
@@ -218,13 +218,16 @@ def api_load(b: Bench, path: str, seconds: float, threads: int, hb: HeartbeatWat
             errors += bad
 
     hb.take()
+    prof = start_profile(worker, max(1.0, seconds - 2), profile_to) if profile_to is not None else None
     s0 = procstat.sample(worker)
     with concurrent.futures.ThreadPoolExecutor(threads) as ex:
         for f in [ex.submit(client) for _ in range(threads)]:
             f.result()
     s1 = procstat.sample(worker)
+    if prof is not None:
+        prof.wait(60)
     dt = s1.at - s0.at
-    res = {"path": path, "requests": len(latencies), "errors": errors, "rps": len(latencies) / dt,
+    res = {"path": path, "profile": str(profile_to) if prof is not None and profile_to.exists() else None, "requests": len(latencies), "errors": errors, "rps": len(latencies) / dt,
            "p50_ms": 1000 * pct(latencies, 50), "p99_ms": 1000 * pct(latencies, 99),
            "server_cpu": procstat.cpu_share(s0, s1), "max_heartbeat_gap": hb.take()}
     log(f"api: {json.dumps(res)}")
@@ -365,8 +368,13 @@ def suite(a: argparse.Namespace) -> int:
         if a.api_seconds > 0 and fits("API", 2 * a.api_seconds + 20):
             rows = []
             paths = ["node_states"] + ([f"jobs/{job_id}"] if job_id else [])
+            profiles = []
             for path in paths:
-                r = api_load(b, path, a.api_seconds, a.api_threads, hb)
+                r = api_load(b, path, a.api_seconds, a.api_threads, hb,
+                             profile_to=profile_dir / "api-node_states.txt"
+                             if profile_dir is not None and path == "node_states" else None)
+                if r["profile"]:
+                    profiles.append(("GET node_states", r["profile"]))
                 rows.append([path.replace(job_id or "-", "ID"), a.api_threads, r["requests"], r["errors"], r["rps"],
                              r["p50_ms"], r["p99_ms"], r["server_cpu"], r["max_heartbeat_gap"]])
             # the config handshake of one node (what every node does at start and after a restart)
@@ -378,12 +386,18 @@ def suite(a: argparse.Namespace) -> int:
             node = Principal(name=f"{b.prefix}1", kind="client", org=b.org, key_path=b.key_path)
             ccpk = quote(curve_keypair()[0], safe="")
             r = api_load(b, f"config/{b.prefix}1", a.api_seconds, a.api_threads, hb,
-                         as_client=b.server.client(node), query=f"?ccpk={ccpk}&version=2.0")
+                         as_client=b.server.client(node), query=f"?ccpk={ccpk}&version=2.0",
+                         profile_to=profile_dir / "api-config.txt" if profile_dir is not None else None)
+            if r["profile"]:
+                profiles.append(("GET config/NODE", r["profile"]))
             rows.append(["config/NODE (handshake)", a.api_threads, r["requests"], r["errors"], r["rps"],
                          r["p50_ms"], r["p99_ms"], r["server_cpu"], r["max_heartbeat_gap"]])
             sections.append("**API** (pre-signed GETs, keep-alive)\n\n" + table(
                 ["endpoint", "client threads", "requests", "errors", "req/s", "p50 ms", "p99 ms",
                  "server CPU", "max server heartbeat gap s"], rows))
+            for title, path in profiles:
+                sections.append(f"<details><summary>server profile, {title} under load (py-spy)</summary>\n\n"
+                                + profile_report(path, 12) + "\n\n</details>")
 
         if a.restart and fits("reconnect storm", 90):
             rc = reconnect_storm(b, min(a.reconnect_timeout, max(60.0, _seconds_left(a.stop_by) - 30)))
