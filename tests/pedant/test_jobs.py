@@ -58,9 +58,13 @@ def orgs(pedant_world: PedantWorld) -> dict[str, PedantOrg]:
             ("nested_pushy_job_writers", f"client:{NON_ADMIN_CLIENT}"),
             ("pushy_job_readers", "group:nested_pushy_job_readers"),
             ("pushy_job_writers", "group:nested_pushy_job_writers")],
+        "pedant-testorg-jobs-writers-only": [("pushy_job_writers", "user:pedant_user")],
+        "pedant-testorg-jobs-readers-only": [("pushy_job_readers", "user:pedant_user")],
     })
     return {"plain": made["pedant-testorg-jobs"], "groups": made["pedant-testorg-jobs-groups"],
-            "nested": made["pedant-testorg-jobs-nested"]}
+            "nested": made["pedant-testorg-jobs-nested"],
+            "writers-only": made["pedant-testorg-jobs-writers-only"],
+            "readers-only": made["pedant-testorg-jobs-readers-only"]}
 
 
 def wait_status(org: PedantOrg, path: str, status: str = "quorum_failed", timeout: float = 20) -> dict:
@@ -427,3 +431,28 @@ def test_error_body_shapes(orgs: dict) -> None:
     assert_error(http.post("jobs", json={"command": 1, "nodes": ["DONKEY"]}), 400, "invalid command supplied")
     assert_error(http.get("jobs/nope"), 404)  # a list (checked by assert_error)
     assert_error(orgs["plain"].http("normal_user").post("jobs", json=JOB_TO_RUN), 403, no_access(NORMAL_USER))
+
+
+@pytest.mark.parametrize("layout,actor,get_status,post_status", [
+    # only pushy_job_writers: anybody of the org reads; only its members write, admins not
+    ("writers-only", "normal_user", 200, 201),
+    ("writers-only", "admin_user", 200, 403),
+    ("writers-only", "admin_client", 200, 403),
+    # only pushy_job_readers: only its members read; `admins` write (no writers group)
+    ("readers-only", "normal_user", 200, 403),
+    ("readers-only", "admin_user", 403, 201),
+    ("readers-only", "admin_client", 403, 201),
+])
+def test_one_group_only_matrix(orgs: dict, layout: str, actor: str, get_status: int, post_status: int) -> None:
+    """§10.3 (not in the suite, which always made both groups): each rule on its own."""
+    org = orgs[layout]
+    http = org.http(actor)
+    name = org.principals[actor].name
+    r = http.get("jobs")
+    assert r.status_code == get_status, r.text
+    if get_status == 403:
+        assert_error(r, 403, no_access(name))
+    r = http.post("jobs", json=JOB_TO_RUN)
+    assert r.status_code == post_status, r.text
+    if post_status == 403:
+        assert_error(r, 403, no_access(name))
