@@ -203,9 +203,6 @@ def parse_rfc1123(value: str) -> float:
     return email.utils.parsedate_to_datetime(value).timestamp()
 
 
-def repo_root() -> Path:
-    return Path(__file__).resolve().parents[2]
-
 
 # --------------------------------------------------------------------------------------
 # chef-pedant's shared context "handles authentication headers correctly", ported
@@ -306,6 +303,10 @@ MISSING_AUTHORIZATION = ["missing required authentication header(s) 'X-Ops-Autho
 
 AUTH_CASES: list[AuthCase] = [
     AuthCase("signing protocol 1.3", 0, {"signing_description": "algorithm=sha256;version=1.3"}),
+    # 1.3 signs X-Ops-Server-API-Version; absent, it is "0" (mixlib-authentication)
+    AuthCase("signing protocol 1.3 without X-Ops-Server-API-Version", 0,
+             {"signing_description": "algorithm=sha256;version=1.3"},
+             tamper=_without("X-Ops-Server-API-Version")),
     AuthCase("everything correct", 0),
     AuthCase("missing X-Ops-Sign", 400, {"signing_description": None},
              message=["missing required authentication header(s) 'X-Ops-Sign'"]),
