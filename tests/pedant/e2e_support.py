@@ -20,13 +20,12 @@ import os
 import re
 import shutil
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Iterable, Optional
 
 from tests.helpers.fakenode import FakeNode
-from tests.helpers.server import Principal, ServerProcess, SignedClient, wait_for
+from tests.helpers.server import ServerProcess, SignedClient, wait_for
 
 ORG = "pedant"
 ADMIN = "pedant_admin"
@@ -336,9 +335,3 @@ def brief(evs: list) -> list[str]:
     return [e.name + (f":{e.json['status']}" if "status" in e.json else "") for e in evs]
 
 
-def wait_until(pred: Callable[[], Any], timeout: float = 10.0, message: str = "condition") -> Any:
-    return wait_for(pred, timeout=timeout, message=message)
-
-
-def monotonic() -> float:
-    return time.monotonic()

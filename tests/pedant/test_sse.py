@@ -12,19 +12,25 @@ event terminated by a blank line (PROTOCOL.md §17.2 S2).
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
-import time
+import subprocess
+import sys
+from email.utils import parsedate_to_datetime
+from pathlib import Path
 
 import pytest
 
 from tests.helpers.fakenode import SseReader
 from tests.helpers.server import wait_for
-from tests.pedant.e2e_support import ADMIN, NON_ASCII, Event, PedantEnv
+from tests.pedant.e2e_support import ADMIN, NON_ASCII, ORG, Event, PedantEnv
 from tests.pedant.e2e_support import SERVER_SETTINGS as SETTINGS
 from tests.pedant.e2e_support import (expect_job_complete, expect_node_event, expect_start, job_feed,
                                       shared_env, sse_time, validate_events)
 
 pytestmark = pytest.mark.e2e
+
+PUSHJOBS = str(Path(sys.executable).parent / "pushjobs")
 
 COMMAND = "sleep 1"  # the spec's default job: sleep 1, quorum 1, run_timeout 2
 RUN_TIMEOUT = 2
@@ -237,9 +243,23 @@ def test_two_nodes_command_fails_on_one(env):
     two_node_trace(feed(env, jid, 9), "fail-on-donkey", {"DONKEY": "failure", "FIONA": "success"})
 
 
+def cli_start(env: PedantEnv, quorum: str, command: str, nodes: list[str]) -> str:
+    """Start a job with the real CLI (`-q N%` is converted to a count client-side, as knife-push
+    does: PROTOCOL.md §9.3); returns its id once finished."""
+    cfg = {k: v for k, v in os.environ.items() if not k.startswith("PUSHJOBS_")}
+    cfg.update(HOME=str(env.dir), PUSHJOBS_SERVER_URL=f"{env.server.base_url}/organizations/{ORG}",
+               PUSHJOBS_USER=ADMIN, PUSHJOBS_KEY=str(env.http.principal.key_path))
+    cp = subprocess.run([PUSHJOBS, "job", "start", "-b", "-F", "json", "--timeout", str(RUN_TIMEOUT),
+                         "-q", quorum, command, *nodes], capture_output=True, text=True, env=cfg, timeout=60)
+    assert cp.returncode == 0, (cp.stdout, cp.stderr)
+    jid = json.loads(cp.stdout)["id"]
+    env.wait_job(jid)
+    return jid
+
+
 def test_two_nodes_one_rejects_the_quorum_of_100_percent(env):
     env.ensure_agents(*TWO)
-    jid = do_complete_job(env, TWO, "not-on-donkey", quorum=2)  # not whitelisted on DONKEY
+    jid = cli_start(env, "100%", "not-on-donkey", TWO)  # not whitelisted on DONKEY
     evs = feed(env, jid, 4)
     expect_start(evs[0], "not-on-donkey", RUN_TIMEOUT, 2, 2, ADMIN)
     de, fe = split_by_node(evs[1], evs[2], "DONKEY")
@@ -251,7 +271,7 @@ def test_two_nodes_one_rejects_the_quorum_of_100_percent(env):
 
 def test_two_nodes_one_rejects_the_quorum_of_50_percent(env):
     env.ensure_agents(*TWO)
-    jid = do_complete_job(env, TWO, "not-on-donkey", quorum=1)
+    jid = cli_start(env, "50%", "not-on-donkey", TWO)
     evs = feed(env, jid, 7)
     expect_start(evs[0], "not-on-donkey", RUN_TIMEOUT, 1, 2, ADMIN)
     de, fe = split_by_node(evs[1], evs[2], "DONKEY")
@@ -475,6 +495,7 @@ def test_job_complete_for_a_while_feed_is_just_the_summary(env):
     assert (s["command"], s["status"], s["run_timeout"]) == (COMMAND, "complete", RUN_TIMEOUT)
     assert s["nodes"] == {"succeeded": ["DONKEY"]} and "failed" not in s["nodes"]
     assert sse_time(s["timestamp"])  # every event starts with its timestamp
+    assert parsedate_to_datetime(s["updated_at"]) >= parsedate_to_datetime(s["created_at"])
     # the summary is the job as GET /jobs/ID shows it
     assert {k: v for k, v in s.items() if k != "timestamp"} == job
     # Last-Event-ID is ignored for a summary
