@@ -456,3 +456,14 @@ def test_one_group_only_matrix(orgs: dict, layout: str, actor: str, get_status: 
     assert r.status_code == post_status, r.text
     if post_status == 403:
         assert_error(r, 403, no_access(name))
+
+
+def test_post_uri_behind_tls_proxy(orgs: dict) -> None:
+    """The original's POST /jobs uri is `https://…` behind its nginx (the suite's regex): the
+    scheme comes from `X-Forwarded-Proto`, the host from `Host` (§10.5)."""
+    http = orgs["plain"].http("admin_user")
+    r = http.post("jobs", json=JOB_TO_RUN, headers={"X-Forwarded-Proto": "https", "Host": "push.example.com"})
+    assert r.status_code == 201, r.text
+    assert re.match(r"^https://push\.example\.com/organizations/pedant-testorg-jobs/pushy/jobs/[0-9a-f]{32}$",
+                    r.json()["uri"]), r.json()
+    assert r.headers["Location"] == r.json()["uri"]
