@@ -296,11 +296,18 @@ def _case_id(field: str, value: Any) -> str:
 @pytest.mark.parametrize("field,value,message", FAILS, ids=[_case_id(f, v) for f, v, _ in FAILS])
 def test_post_fails_with_value(orgs: dict, field: str, value: Any, message: str) -> None:
     """jobs_util `fails_with_value`: 'with <field> = <value> it reports 400'."""
-    org = orgs["plain"]
-    before = len(org.http("admin_user").get("jobs").json())
-    r = org.http("admin_user").post("jobs", json=payload_with(field, value))
+    r = orgs["plain"].http("admin_user").post("jobs", json=payload_with(field, value))
     assert_error(r, 400, message)
-    assert len(org.http("admin_user").get("jobs").json()) == before  # nothing stored
+
+
+def test_post_failures_store_nothing(orgs: dict) -> None:
+    """None of the rejected bodies above leaves a job behind (§17.2 S10: nothing half-stored)."""
+    org = orgs["readers-only"]
+    http, reader = org.http("admin_user"), org.http("normal_user")
+    before = reader.get("jobs").json()
+    for field, value, message in FAILS:
+        assert_error(http.post("jobs", json=payload_with(field, value)), 400, message)
+    assert reader.get("jobs").json() == before
 
 
 @pytest.fixture(scope="module")
