@@ -126,9 +126,13 @@ def test_one_node_success_events(env):
     expect_node_event(evs[3], "run_start", "DONKEY")
     expect_node_event(evs[4], "run_complete", "DONKEY", "success")
     expect_job_complete(evs[5], "complete")
-    # the original's start event carries `capture` always (§11.3); no options were given
+    # the original's start event carries `capture` always (§11.3); no options were given.
+    # Exact fields, `timestamp` first (§11.2-11.3)
     assert evs[0].json["capture"] is False
-    assert not {"job_user", "dir", "env", "file", "file_specified"} & set(evs[0].json)
+    assert [list(e.json) for e in evs] == [
+        ["timestamp", "command", "run_timeout", "quorum", "node_count", "user", "capture"],
+        ["timestamp", "node", "status"], ["timestamp"], ["timestamp", "node"],
+        ["timestamp", "node", "status"], ["timestamp", "status"]]
 
 
 def test_one_node_command_fails_events(env):
