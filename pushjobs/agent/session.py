@@ -14,10 +14,10 @@ Life of a session (PROTOCOL.md §2, §3, §6, with the fixes C3, C8, C11):
 
 * fetching: signed `GET …/pushy/config/NODE?ccpk=…&version=2.0` (ccpk
   URL-escaped with quote(safe='')), session key decrypted with the client
-  key, node facts PUT (only to a pushjobs server: its config carries
-  `"pushjobs": {"node_facts": true}`; behind a Chef server `…/nodes/NODE`
-  is Chef's real node, never to be overwritten); in a worker thread,
-  never on the loop.
+  key; in a worker thread, never on the loop. Once connected, the node
+  facts PUT, also in a worker (only to a pushjobs server: its config
+  carries `"pushjobs": {"node_facts": true}`; behind a Chef server
+  `…/nodes/NODE` is Chef's real node, never to be overwritten).
 * connected: SUB + DEALER (CurveZMQ); a heartbeat at once and then every
   `interval`; server liveness counters of §6.4; server incarnation tracking.
 * Full reconfigure (close both sockets, fetch again, reconnect) on: lifetime
@@ -44,6 +44,7 @@ import json
 import logging
 import random
 import socket
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -229,9 +230,11 @@ class NodeSession:
         self._curve_failures = 0
         self._plaintext_fallback = False
         self._hb_at_connect = 0
+        self._refreshing = False  # a fetch in flight while the current connection stays up
         self._pending: list[tuple[str, dict[str, Any]]] = []
         self._send_failures = 0
         self._http: Optional[ChefHTTP] = None
+        self._http_lock = threading.Lock()  # the config GET and the facts PUT share a Session
         self._facts_unsupported: Optional[str] = None  # server incarnation that said 404/405
         self._fetch_due = 0.0
         self._drop_window = -1e9
@@ -268,10 +271,13 @@ class NodeSession:
 
     def request_reconfigure(self, reason: str = "requested") -> None:
         """Full reconfigure now (SIGHUP/SIGUSR1); no-op while a fetch is in flight."""
-        if self.phase in (FETCHING, STOPPED):
+        if self.phase in (FETCHING, STOPPED) or self._refreshing:
             return
         self.log.info("[%s] full reconfigure: %s", self.node, reason)
-        self._reconnect(reason, delay=0.0)
+        if self.phase == CONNECTED:
+            self._refresh(reason)
+        else:
+            self._reconnect(reason, delay=0.0)
 
     def send(self, msg_type: str, fields: dict[str, Any]) -> bool:
         """Sign and send a client message; job messages wait when we are not connected."""
@@ -375,28 +381,45 @@ class NodeSession:
         self.loop.run_in_executor(self._fetch, lambda result, exc: self._fetched(generation, result, exc))
 
     def _fetch(self) -> ServerConfig:
-        """Worker thread: the signed config GET (+ the node facts PUT)."""
+        """Worker thread: the signed config GET."""
         ident, opts = self.identity, self.options
-        if self._http is None:
-            self._http = ChefHTTP(ident.chef_server_url, ident.node_name, ident.private_key,
-                                  verify=opts.tls_verify, timeout=opts.http_timeout,
-                                  proxies=opts.proxies)
-        self.log.info("[%s] retrieving configuration from %s/pushy/config/%s", self.node,
-                      ident.chef_server_url.rstrip("/"), ident.node_name)
-        doc = self._http.get_json(f"pushy/config/{ident.node_name}",
-                                  {"ccpk": self.curve_keys[0], "version": "2.0"})
-        config = parse_config(doc, ident.private_key)
-        if (self.facts is not None and opts.wants_facts(config)
-                and self._facts_unsupported != config.incarnation_id):
+        with self._http_lock:
+            if self._http is None:
+                self._http = ChefHTTP(ident.chef_server_url, ident.node_name, ident.private_key,
+                                      verify=opts.tls_verify, timeout=opts.http_timeout,
+                                      proxies=opts.proxies)
+            self.log.info("[%s] retrieving configuration from %s/pushy/config/%s", self.node,
+                          ident.chef_server_url.rstrip("/"), ident.node_name)
+            doc = self._http.get_json(f"pushy/config/{ident.node_name}",
+                                      {"ccpk": self.curve_keys[0], "version": "2.0"})
+        return parse_config(doc, ident.private_key)
+
+    def _report_facts(self, config: ServerConfig) -> None:
+        """After connecting, in a worker thread: the node facts PUT (pushjobs servers only).
+
+        Not part of the fetch: the sockets (and heartbeats) must not wait for it,
+        a reconnect gap of a few heartbeat intervals gets a node declared dead.
+        """
+        http, facts = self._http, self.facts
+        if (http is None or facts is None or not self.options.wants_facts(config)
+                or self._facts_unsupported == config.incarnation_id):
+            return
+
+        def work() -> str:
             from pushjobs.agent.facts import report_facts
 
-            try:
-                if report_facts(self._http, ident.node_name, self.facts()) == "unsupported":
-                    # an older server: do not ask again until it restarts (maybe upgraded)
-                    self._facts_unsupported = config.incarnation_id
-            except Exception:  # facts are best effort; never block the handshake
-                self.log.exception("[%s] building node facts failed", self.node)
-        return config
+            node = facts()
+            with self._http_lock:
+                return report_facts(http, self.identity.node_name, node)
+
+        def done(result: Optional[str], exc: Optional[BaseException]) -> None:
+            if exc is not None:  # facts are best effort
+                self.log.error("[%s] building node facts failed: %s", self.node, exc)
+            elif result == "unsupported":
+                # an older server: do not ask again until it restarts (maybe upgraded)
+                self._facts_unsupported = config.incarnation_id
+
+        self.loop.run_in_executor(work, done)
 
     def _fetched(self, generation: int, config: Optional[ServerConfig], exc: Optional[BaseException]) -> None:
         if generation != self._generation or self.phase == STOPPED:
@@ -422,10 +445,38 @@ class NodeSession:
                 hint = ""
             self.log.log(level, "[%s] could not get the push jobs config (attempt %d): %s%s; "
                          "retrying in %.1fs", self.node, self._attempt, exc, hint, delay)
+            if self._refreshing and self.phase == CONNECTED:
+                # the current connection still works: keep it, try the refresh again later
+                self._refreshing = False
+                self._schedule("refresh", delay, lambda: self._refresh("retrying the reconfigure"))
+                return
             self.phase = WAITING
             self._schedule_fetch(delay)
             return
+        self._refreshing = False
         self._connect(config)
+
+    def _refresh(self, reason: str) -> None:
+        """Full reconfigure that keeps the current connection until the new config is in.
+
+        For the planned reconfigures (lifetime, SIGHUP, SIGUSR1): heartbeats go
+        on during the fetch, and the sockets are swapped only once it
+        succeeded, so the server's liveness average never sees a gap (with
+        short heartbeat intervals a slow fetch got the node declared dead).
+        """
+        if self.phase != CONNECTED:
+            self._reconnect(reason, delay=0.0)
+            return
+        if self._refreshing:
+            return
+        self.stats["reconfigures"] += 1
+        self.stats["config_fetches"] += 1
+        self._generation += 1  # a fetch in flight is now stale
+        self._refreshing = True
+        self.log.info("[%s] reconfiguring (the connection stays up until the new config is "
+                      "in): %s", self.node, reason)
+        generation = self._generation
+        self.loop.run_in_executor(self._fetch, lambda result, exc: self._fetched(generation, result, exc))
 
     # --- connection -------------------------------------------------------------------
     def _connect(self, config: ServerConfig) -> None:
@@ -470,14 +521,15 @@ class NodeSession:
             self._schedule("command_check", self.options.command_check_timeout, self._command_check)
         lifetime = config.lifetime * (1 - self.rng.random() * 0.10)
         self._schedule("lifetime", lifetime,
-                       lambda: self._reconnect(f"config lifetime ({config.lifetime:g}s) expired", delay=0.0))
+                       lambda: self._refresh(f"config lifetime ({config.lifetime:g}s) expired"))
         self._heartbeat_tick()
+        self._report_facts(config)
         pending, self._pending = self._pending, []
         for msg_type, fields in pending:
             self.send(msg_type, fields)
 
     def _disconnect(self) -> None:
-        self._cancel("heartbeat", "command_check", "lifetime", "reconfigure")
+        self._cancel("heartbeat", "command_check", "lifetime", "reconfigure", "refresh")
         if self._conn is not None:
             self.loop.remove_reader(self._conn.sub)
             self.loop.remove_reader(self._conn.dealer)
@@ -491,6 +543,7 @@ class NodeSession:
         self.stats["reconfigures"] += 1
         self._disconnect()
         self._generation += 1  # a fetch in flight is now stale
+        self._refreshing = False
         if backoff:
             self._attempt += 1
             delay = backoff_delay(self._attempt, self.options.reconnect_min_delay,

@@ -87,6 +87,8 @@ class OriginalServer:
         self.incarnation = str(uuid.uuid4())
         self.http_status = 200
         self.http_body = None
+        self.http_delay = 0.0  # a slow front end: seconds before each config answer
+        self.received_at: list[float] = []  # monotonic arrival time of each received message
         self.requests: list[dict] = []  # every HTTP request: method, path, query, headers, verified
         self.received: list[tuple[bytes, dict]] = []  # verified client messages
         self.sent: list[tuple[bytes, dict]] = []
@@ -180,6 +182,7 @@ class OriginalServer:
                 cfg = f"{outer.prefix}/organizations/{ORG}/pushy/config/"
                 if method == "GET" and parts.path.startswith(cfg):
                     node = parts.path[len(cfg):]
+                    time.sleep(outer.http_delay)
                     if outer.http_status != 200:
                         return self._reply(outer.http_status, outer.http_body or {"error": ["nope"]})
                     ccpk = rec["query"].get("ccpk", [None])[0]
@@ -253,6 +256,7 @@ class OriginalServer:
             return
         with self.cond:
             self.received.append((rid, body))
+            self.received_at.append(time.monotonic())
             self.cond.notify_all()
         name = body.get("node")
         st = self.nodes.get(name)
@@ -537,6 +541,24 @@ def test_lifetime_reconfigure_gets_ack_on_the_new_connection(original, agent):
     wait_for(lambda: a.session.command_channel_ok, message="command channel ok after ack")
     assert server.idle()  # the node FSM survived: no new abort/rehab
     assert len(server.config_requests()) == 2
+
+
+def test_planned_reconfigure_keeps_heartbeating_during_a_slow_fetch(original, agent):
+    """Lifetime/SIGUSR1 reconfigures keep the old connection until the new config is in:
+    no heartbeat gap for the server's liveness average (§6.3) to punish."""
+    server = original(lifetime=1)
+    a = agent(server.url)
+    connected_and_idle(server, a)
+    server.http_delay = 0.8  # four heartbeat intervals
+    first_rid = server.nodes[NODE]["rid"]
+    mark = len(server.received)
+    wait_for(lambda: server.nodes[NODE]["rid"] != first_rid, timeout=5, message="new connection")
+    server.wait_msg("heartbeat", after=len(server.received))
+    beats = [server.received_at[i] for i in range(mark, len(server.received))
+             if server.received[i][1]["type"] == "heartbeat"]
+    gaps = [b - a_ for a_, b in zip(beats, beats[1:])]
+    assert max(gaps) < 0.75, gaps  # less than the 0.8 s fetch: the old connection kept beating
+    assert server.idle() and a.session.stats["reconfigures"] >= 1
 
 
 def test_server_restart_new_incarnation_fresh_fsm(original, agent):
