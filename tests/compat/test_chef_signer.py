@@ -39,7 +39,6 @@ def env(module_server_factory, tmp_path_factory):
     srv.create_org(ORG)
     alice = srv.create_user("alice", org=ORG, admin=True)
     web1 = srv.create_client("web1", org=ORG)
-    srv.create_client("web2", org=ORG)
     http = srv.client(alice)
     node = FakeNode(srv, web1)
     node.run_result = ("succeeded", "hello from web1\n", "warn: none\n")
@@ -88,6 +87,7 @@ def test_wrong_key_is_401_for_every_version(env):
 
 
 def test_other_clients_config_is_403(env):
+    """A client may fetch only its own config (web2 need not even exist)."""
     ccpk, _ = curve_keypair()
     [res] = signer(env, env["web1"], [{"method": "GET", "path": f"{PUSHY}/config/web2",
                                        "query_params": {"ccpk": ccpk, "version": "2.0"}}])
@@ -116,7 +116,11 @@ def test_jobs_node_states_output_and_feed(env):
         ]
     reqs.append({"method": "GET", "path": f"{PUSHY}/jobs/{job_id}/output/web1/stderr", "version": "1.1",
                  "raw": True, "accept": "application/octet-stream"})
-    res = signer(env, env["alice"], reqs)
+    # the job's SSE feed, read by net/http (a finished job's feed is finite)
+    feeds = [{"method": "GET", "path": f"{PUSHY}/job_status_feed/{job_id}", "version": v, "api_version": a,
+              "accept": "text/event-stream", "sse_max_events": 50, "sse_timeout": 10} for v, a in VERSIONS]
+    res = signer(env, env["alice"], reqs + feeds)
+    res, feed_results = res[:len(reqs)], res[len(reqs):]
     assert all(r.get("status") == 200 for r in res), [(q["path"], r.get("status"), r.get("body")) for q, r in zip(reqs, res)]
     for i in range(0, len(VERSIONS) * 5, 5):
         jobs, job, states, state, out = (json.loads(res[i]["body"]), json.loads(res[i + 1]["body"]),
@@ -129,11 +133,7 @@ def test_jobs_node_states_output_and_feed(env):
         assert out == "hello from web1\n"
     assert res[-1]["body"] == "warn: none\n"
 
-    # the job's SSE feed, read by net/http (a finished job's feed is finite)
-    for v, a in VERSIONS:
-        [feed] = signer(env, env["alice"], [{"method": "GET", "path": f"{PUSHY}/job_status_feed/{job_id}",
-                                             "version": v, "api_version": a, "accept": "text/event-stream",
-                                             "sse_max_events": 50, "sse_timeout": 10}])
+    for feed in feed_results:
         assert feed["status"] == 200 and feed["content_type"].startswith("text/event-stream"), feed
         names = [e.get("event") for e in feed["events"]]
         assert [e.get("id") for e in feed["events"]] == [f"job-{i}" for i in range(1, len(names) + 1)]

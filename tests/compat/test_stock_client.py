@@ -28,6 +28,7 @@ from tests.helpers.server import wait_for
 pytestmark = [pytest.mark.e2e, requires_ruby]
 
 ORG = "acme"
+HEARTBEAT_MS = 4000
 WHITELIST = {
     "hello": "echo 'héllo from stock' && echo 'to stderr' >&2",
     "fail": "sh -c 'echo nope; exit 3'",
@@ -97,12 +98,31 @@ class StockClientProcess:
                     return value
                 left = deadline - time.monotonic()
                 if left <= 0 or self.proc.poll() is not None:
+                    if self.proc.poll() is None:  # ask for its threads' backtraces (USR1)
+                        self.proc.send_signal(signal.SIGUSR1)
+                        self._cond.wait(1.0)
                     value = predicate_value(predicate)
                     if value:
                         return value
                     raise AssertionError(f"stock client: timed out waiting for {message}; rc={self.proc.poll()}\n"
-                                         f"last events: {self.events[-15:]}\nstderr: {''.join(self.stderr)[-3000:]}")
+                                         f"last events:\n{self.digest()}\nstderr: {''.join(self.stderr)[-3000:]}")
                 self._cond.wait(min(left, 0.2))
+
+    def digest(self, n: int = 25) -> str:
+        """The last `n` events, one short line each (for failure messages)."""
+        lines = []
+        for e in self.events[-n:]:
+            if e["ev"] == "thread":
+                lines.append(f"  thread {e['status']}: " + " <- ".join(e["backtrace"]))
+                continue
+            extra = {k: v for k, v in e.items() if k not in ("ev", "t", "header")}
+            if "body" in extra and isinstance(extra["body"], str) and extra["body"].startswith("{"):
+                b = json.loads(extra["body"])
+                extra = {"type": b.get("type"), "seq": b.get("sequence"), "job_id": b.get("job_id")}
+            elif e["ev"] == "received":
+                extra = {"socket": e["socket"], "type": e["type"], "seq": e["body"].get("sequence")}
+            lines.append(f"  {e['t']:.3f} {e['ev']} {json.dumps(extra)[:200]}")
+        return "\n".join(lines)
 
     def close(self) -> Optional[int]:
         if self.proc.poll() is None:
@@ -125,7 +145,9 @@ def predicate_value(predicate: Callable[[], Any]) -> Any:
 
 @pytest.fixture(scope="module")
 def env(module_server_factory):
-    srv = module_server_factory(heartbeat_interval=150, settings={"voting_timeout": 5})
+    # 4 s heartbeats: the production ratio of heartbeat interval to restart and
+    # scheduling delays (see test_06); jobs themselves never wait on heartbeats
+    srv = module_server_factory(heartbeat_interval=HEARTBEAT_MS, settings={"voting_timeout": 5})
     srv.create_org(ORG)
     alice = srv.create_user("alice", org=ORG, admin=True)
     node = srv.create_client("web1", org=ORG)
@@ -146,11 +168,11 @@ def test_01_node_becomes_available(env):
     lib = client.of("libraries")[0]
     assert lib["libzmq"].startswith("4.") and lib["mixlib_authentication"].startswith("3.")
     cfg = client.of("config")[0]
-    assert cfg["using_curve"] is True and cfg["interval"] == 0.15
+    assert cfg["using_curve"] is True and cfg["interval"] == HEARTBEAT_MS / 1000
     # the server answered on the command port (abort on FSM creation), so the
     # stock 3-loop check did not fire, and every server message verified
     client.wait(lambda: client.received("abort"), message="abort from the server")
-    client.wait(lambda: len(client.received("heartbeat")) >= 3, message="server heartbeats (RSA-verified)")
+    client.wait(lambda: client.received("heartbeat"), message="a server heartbeat (RSA-verified)")
     assert all(e["method"] == "rsa2048_sha1" for e in client.of("received", socket="heartbeat"))
     assert client.of("invalid") == [] and client.of("no_command_messages") == []
     assert client.sent("aborted")[0]["job_id"] is None  # the reply to an abort when no job ran
@@ -165,7 +187,7 @@ def test_02_legacy_body_fields_are_tolerated(env):
     assert hb["client"] == "shorthost" != hb["node"]     # Ohai short hostname, not the node name
     assert hb["protocol_version"] == "2.0" and hb["job_state"] == "idle" and hb["job_id"] is None
     seqs = [b["sequence"] for b in client.sent()]
-    assert seqs[:3] == [1, 2, 3]                           # per-connection counter from 1
+    assert seqs == list(range(1, len(seqs) + 1))           # per-connection counter from 1
     header = client.of("sent")[0]["header"]
     assert header.startswith("Version:2.0;SigningMethod:hmac_sha256;Signature:") and "\n" not in header
 
@@ -242,41 +264,38 @@ def test_05b_oversized_output_is_dropped_by_the_client(env):
     assert http.get(f"jobs/{job_id}/output/web1/stdout").status_code == 404
 
 
-def test_06_server_restart_is_survived(module_server_factory):
+def test_06_server_restart_is_survived(env):
     """New incarnation → the stock client re-fetches its config and reconnects; jobs run again.
 
-    Own server with 4 s heartbeats: the stock client keeps heartbeating into
-    its DEALER while the server is away and until it reconfigures (after a
-    random splay of up to one interval), and with SNDHWM 3 its fourth queued
-    message blocks the sending thread for good (the new server has a new
-    CURVE key, so the queue never drains; see tests/compat/README.md). With
-    production's 10 s heartbeats a quick restart stays under that; 150 ms
-    heartbeats would not, so this test keeps the production ratio.
+    The stock client keeps heartbeating into its DEALER while the server is
+    away and until it reconfigures (after a random splay of up to one
+    interval); with SNDHWM 3 its fourth queued message blocks the sending
+    thread for good (the new server has a new CURVE key and ZAP allow-list,
+    so the queue never drains; see tests/compat/README.md). With production's
+    10 s heartbeats a quick restart stays under that, and so does this
+    module's 4 s; 150 ms heartbeats would not.
     """
-    srv = module_server_factory(heartbeat_interval=4000)
-    srv.create_org(ORG)
-    alice = srv.create_user("alice", org=ORG, admin=True)
-    node = srv.create_client("web2", org=ORG)
-    http = srv.client(alice)
-    client = StockClientProcess(srv, node)
-    try:
-        wait_for(lambda: available(http, "web2"), timeout=20, message="web2 available")
-        before = client.of("config")[-1]["server_incarnation"]
-        configs = len(client.of("config"))
-        srv.restart()
-        client.wait(lambda: client.of("restart_detected"), timeout=20, message="incarnation change seen")
-        client.wait(lambda: len(client.of("config")) > configs, timeout=20, message="config re-fetched")
-        assert client.of("config")[-1]["server_incarnation"] != before
-        client.wait(lambda: client.of("reconfigured"), timeout=20, message="sockets reopened on the new config")
-        http = srv.client(alice)
-        wait_for(lambda: available(http, "web2"), timeout=20, message="web2 available after the restart")
-        job_id = http.create_job("hello", ["web2"], capture_output=True)
-        job = http.wait_job(job_id, ("complete", "quorum_failed"), timeout=20)
-        assert job["nodes"] == {"succeeded": ["web2"]}, job
-        assert client.proc.poll() is None
-        assert client.of("no_command_messages") == []
-    finally:
-        client.close()
+    client, srv = env["client"], env["srv"]
+    http = env["http"]
+    wait_for(lambda: available(http, "web1"), timeout=20, message="web1 available")
+    before = client.of("config")[-1]["server_incarnation"]
+    configs = len(client.of("config"))
+    srv.restart()
+    client.wait(lambda: client.of("restart_detected"), timeout=20, message="incarnation change seen")
+    client.wait(lambda: len(client.of("config")) > configs, timeout=20, message="config re-fetched")
+    assert client.of("config")[-1]["server_incarnation"] != before
+    client.wait(lambda: client.of("reconfigured"), timeout=20, message="sockets reopened on the new config")
+    http = srv.client(http.principal)
+    wait_for(lambda: available(http, "web1"), timeout=20, message="web1 available after the restart")
+    job_id = http.create_job("hello", ["web1"], capture_output=True)
+    job = http.wait_job(job_id, timeout=20)
+    assert job["status"] == "complete" and job["nodes"] == {"succeeded": ["web1"]}, job
+    assert http.get(f"jobs/{job_id}/output/web1/stdout").content.decode() == "héllo from stock\n"
+    assert client.proc.poll() is None
+    assert client.of("no_command_messages") == []
+    # after the reconfigure the per-connection sequence starts again at 1
+    seen = client.of("restart_detected")[0]["t"]
+    assert 1 in [json.loads(e["body"])["sequence"] for e in client.of("sent") if e["t"] > seen]
 
 
 def test_07_unknown_client_exits_1(env, tmp_path):

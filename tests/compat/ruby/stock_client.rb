@@ -417,8 +417,16 @@ class StockClient
           begin
             messages = []
             @receive_socket_lock.synchronize do
-              poller.poll(1000)
-              (poller.readables || []).each do |socket|
+              rc = poller.poll(1000)
+              # ffi-rzmq keeps the previous readables when zmq_poll fails
+              # (EINTR: a finished job's SIGCHLD); reading those would block
+              # in recv until that socket gets another message, which the
+              # original would do. Deliberately not reproduced (README).
+              if rc.negative?
+                Report.emit("poll_error", errno: ZMQ::Util.errno, error: ZMQ::Util.error_string)
+                next
+              end
+              poller.readables.each do |socket|
                 header = +""
                 socket.recv_string(header)
                 unless socket.more_parts?
@@ -674,11 +682,15 @@ if $PROGRAM_NAME == __FILE__
     o.on("--allow-unencrypted") { opts[:allow_unencrypted] = true }
   end.parse!
   Thread.abort_on_exception = false
-  trap("TERM") { exit(0) }
+  trap("USR1") do # a report of every thread's backtrace, for diagnosing a hung test
+    Thread.new { Thread.list.each { |t| Report.emit("thread", status: t.status, backtrace: (t.backtrace || []).first(6)) } }
+  end
+  trap("TERM") { exit!(0) } # exit! : no ZMQ context finalizer waiting on open sockets
   client = StockClient.new(opts)
   Report.emit("libraries", libzmq: LibZMQ.version.values.join("."), ffi_rzmq: Gem.loaded_specs["ffi-rzmq"]&.version.to_s,
                            mixlib_authentication: Mixlib::Authentication::VERSION)
   client.start
   $stdin.read # until the test closes our stdin (or dies)
-  exit(0)
+  $stdout.flush
+  exit!(0)
 end
