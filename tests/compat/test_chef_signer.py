@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import json
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -101,8 +102,14 @@ def test_jobs_node_states_output_and_feed(env):
         {"method": "POST", "path": f"{PUSHY}/jobs", "body": body, "version": v, "api_version": a}
         for v, a in VERSIONS[:1]])
     assert created[0]["status"] == 201, created
-    job_id = json.loads(created[0]["body"])["id"]
+    doc = json.loads(created[0]["body"])
+    job_id = doc["id"]
     env["http"].wait_job(job_id, ("complete",), timeout=15)
+    # knife-push follows the returned `uri` (Chef::ServerAPI signs that URL's path)
+    uri = urllib.parse.urlsplit(doc["uri"])
+    assert uri.path == f"{PUSHY}/jobs/{job_id}", doc
+    [followed] = signer(env, env["alice"], [{"method": "GET", "path": uri.path, "version": "1.1"}])
+    assert followed["status"] == 200 and json.loads(followed["body"])["id"] == job_id
 
     reqs = []
     for v, a in VERSIONS:
