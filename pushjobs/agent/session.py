@@ -14,10 +14,10 @@ Life of a session (PROTOCOL.md §2, §3, §6, with the fixes C3, C8, C11):
 
 * fetching: signed `GET …/pushy/config/NODE?ccpk=…&version=2.0` (ccpk
   URL-escaped with quote(safe='')), session key decrypted with the client
-  key; in a worker thread, never on the loop. Once connected, the node
-  facts PUT, also in a worker (only to a pushjobs server: its config
+  key, then the node facts PUT (only to a pushjobs server: its config
   carries `"pushjobs": {"node_facts": true}`; behind a Chef server
-  `…/nodes/NODE` is Chef's real node, never to be overwritten).
+  `…/nodes/NODE` is Chef's real node, never to be overwritten); in a
+  worker thread, never on the loop.
 * connected: SUB + DEALER (CurveZMQ); a heartbeat at once and then every
   `interval`; server liveness counters of §6.4; server incarnation tracking.
 * Full reconfigure (close both sockets, fetch again, reconnect) on: lifetime
@@ -381,7 +381,12 @@ class NodeSession:
         self.loop.run_in_executor(self._fetch, lambda result, exc: self._fetched(generation, result, exc))
 
     def _fetch(self) -> ServerConfig:
-        """Worker thread: the signed config GET."""
+        """Worker thread: the signed config GET, then the node facts PUT (pushjobs servers only).
+
+        Facts go before connecting so that a node is searchable by the time it
+        is available. The PUT adds no heartbeat gap to planned reconfigures:
+        those keep the old connection up meanwhile (`_refresh`).
+        """
         ident, opts = self.identity, self.options
         with self._http_lock:
             if self._http is None:
@@ -392,34 +397,18 @@ class NodeSession:
                           ident.chef_server_url.rstrip("/"), ident.node_name)
             doc = self._http.get_json(f"pushy/config/{ident.node_name}",
                                       {"ccpk": self.curve_keys[0], "version": "2.0"})
-        return parse_config(doc, ident.private_key)
+            config = parse_config(doc, ident.private_key)
+            if (self.facts is not None and opts.wants_facts(config)
+                    and self._facts_unsupported != config.incarnation_id):
+                from pushjobs.agent.facts import report_facts
 
-    def _report_facts(self, config: ServerConfig) -> None:
-        """After connecting, in a worker thread: the node facts PUT (pushjobs servers only).
-
-        Not part of the fetch: the sockets (and heartbeats) must not wait for it,
-        a reconnect gap of a few heartbeat intervals gets a node declared dead.
-        """
-        http, facts = self._http, self.facts
-        if (http is None or facts is None or not self.options.wants_facts(config)
-                or self._facts_unsupported == config.incarnation_id):
-            return
-
-        def work() -> str:
-            from pushjobs.agent.facts import report_facts
-
-            node = facts()
-            with self._http_lock:
-                return report_facts(http, self.identity.node_name, node)
-
-        def done(result: Optional[str], exc: Optional[BaseException]) -> None:
-            if exc is not None:  # facts are best effort
-                self.log.error("[%s] building node facts failed: %s", self.node, exc)
-            elif result == "unsupported":
-                # an older server: do not ask again until it restarts (maybe upgraded)
-                self._facts_unsupported = config.incarnation_id
-
-        self.loop.run_in_executor(work, done)
+                try:
+                    if report_facts(self._http, ident.node_name, self.facts()) == "unsupported":
+                        # an older server: do not ask again until it restarts (maybe upgraded)
+                        self._facts_unsupported = config.incarnation_id
+                except Exception:  # facts are best effort; never block the handshake
+                    self.log.exception("[%s] building node facts failed", self.node)
+        return config
 
     def _fetched(self, generation: int, config: Optional[ServerConfig], exc: Optional[BaseException]) -> None:
         if generation != self._generation or self.phase == STOPPED:
@@ -523,7 +512,6 @@ class NodeSession:
         self._schedule("lifetime", lifetime,
                        lambda: self._refresh(f"config lifetime ({config.lifetime:g}s) expired"))
         self._heartbeat_tick()
-        self._report_facts(config)
         pending, self._pending = self._pending, []
         for msg_type, fields in pending:
             self.send(msg_type, fields)
