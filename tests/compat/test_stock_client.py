@@ -42,7 +42,8 @@ class StockClientProcess:
     """The Ruby emulation as a child process; its JSON-line reports collected by a thread."""
 
     def __init__(self, server: Any, principal: Any, *, hostname: Optional[str] = None,
-                 sign_version: str = "1.1", whitelist: Optional[dict] = None):
+                 sign_version: str = "1.1", whitelist: Optional[dict] = None,
+                 allow_unencrypted: bool = False):
         args = ["ruby", str(STOCK_CLIENT),
                 "--chef-server-url", f"{server.base_url}/organizations/{principal.org}",
                 "--node-name", principal.name, "--client-key", str(principal.key_path),
@@ -50,6 +51,8 @@ class StockClientProcess:
                 "--sign-version", sign_version]
         if hostname:
             args += ["--hostname", hostname]
+        if allow_unencrypted:
+            args.append("--allow-unencrypted")
         self.events: list[dict] = []
         self.stderr: list[str] = []
         self._cond = threading.Condition()
@@ -313,3 +316,30 @@ def test_07_unknown_client_exits_1(env, tmp_path):
         assert err["status"] == 401 and "ghost" in err["body"]
     finally:
         ghost.close()
+
+
+def test_08_server_without_curve(module_server_factory):
+    """`disable_curve_encryption`: the stock client refuses unless `allow_unencrypted`, then works in legacy mode."""
+    srv = module_server_factory(heartbeat_interval=HEARTBEAT_MS, settings={"disable_curve_encryption": True})
+    srv.create_org(ORG)
+    alice = srv.create_user("alice", org=ORG, admin=True)
+    node = srv.create_client("web3", org=ORG)
+    http = srv.client(alice)
+    refusing = StockClientProcess(srv, node)
+    try:
+        refusing.proc.wait(20)
+        assert refusing.proc.returncode == 1
+        assert "allow_unencrypted" in refusing.of("config_error")[0]["body"]
+    finally:
+        refusing.close()
+    client = StockClientProcess(srv, node, allow_unencrypted=True)
+    try:
+        wait_for(lambda: available(http, "web3"), timeout=20, message="web3 available (no CURVE)")
+        assert client.of("config")[0]["using_curve"] is False
+        job_id = http.create_job("hello", ["web3"], capture_output=True)
+        job = http.wait_job(job_id, timeout=20)
+        assert job["status"] == "complete" and job["nodes"] == {"succeeded": ["web3"]}, (job, client.digest())
+        assert http.get(f"jobs/{job_id}/output/web3/stderr").content == b"to stderr\n"
+        assert client.of("invalid") == []
+    finally:
+        client.close()
