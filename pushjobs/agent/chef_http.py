@@ -23,7 +23,7 @@ import logging
 import os
 import tempfile
 from typing import Any, Mapping, Optional
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urljoin, urlsplit
 
 import requests
 from requests.utils import should_bypass_proxies
@@ -31,6 +31,10 @@ from requests.utils import should_bypass_proxies
 from pushjobs.protocol.chef_auth import sign_request
 
 log = logging.getLogger(__name__)
+
+
+MAX_REDIRECTS = 5
+REDIRECTS = (301, 302, 303, 307, 308)
 
 
 class HTTPError(Exception):
@@ -95,22 +99,34 @@ class ChefHTTP:
 
     def request(self, method: str, rel_path: str, *, params: Optional[Mapping[str, str]] = None,
                 body: bytes = b"") -> requests.Response:
-        path = f"{self.base_path}/{rel_path.lstrip('/')}"
-        headers = dict(sign_request(self.private_key, self.client_name, method, path, body))
-        headers["Accept"] = "application/json"
-        headers["X-Chef-Version"] = "12.0.0"
-        if body:
-            headers["Content-Type"] = "application/json"
         url = f"{self.base}/{rel_path.lstrip('/')}"
         if params:
             # quote(safe='') on every value: a Z85 ccpk contains + / ? & = (§2.1)
             url += "?" + "&".join(f"{k}={quote(str(v), safe='')}" for k, v in params.items())
-        try:
-            return self.session.request(method, url, data=body or None, headers=headers,
-                                        timeout=self.timeout, allow_redirects=False,
-                                        verify=self.tls_verify(), proxies=self.proxies_for(url))
-        except requests.RequestException as exc:
-            raise HTTPError(f"{method} {url}: {exc.__class__.__name__}: {exc}") from None
+        for _hop in range(MAX_REDIRECTS + 1):
+            # signed per hop: the signature covers the path (without the query)
+            path = urlsplit(url).path
+            headers = dict(sign_request(self.private_key, self.client_name, method, path, body))
+            headers["Accept"] = "application/json"
+            headers["X-Chef-Version"] = "12.0.0"
+            if body:
+                headers["Content-Type"] = "application/json"
+            try:
+                r = self.session.request(method, url, data=body or None, headers=headers,
+                                         timeout=self.timeout, allow_redirects=False,
+                                         verify=self.tls_verify(), proxies=self.proxies_for(url))
+            except requests.RequestException as exc:
+                raise HTTPError(f"{method} {url}: {exc.__class__.__name__}: {exc}") from None
+            location = r.headers.get("Location")
+            # like Chef's HTTP stack: GET/HEAD follow redirects (e.g. nginx's http -> https),
+            # anything else is not repeated elsewhere
+            if r.status_code not in REDIRECTS or not location or method not in ("GET", "HEAD"):
+                return r
+            new = urljoin(url, location)
+            log.info("%s %s redirected to %s", method, url, new)
+            r.close()
+            url = new
+        raise HTTPError(f"{method} {rel_path}: more than {MAX_REDIRECTS} redirects")
 
     def get_json(self, rel_path: str, params: Optional[Mapping[str, str]] = None) -> dict:
         r = self.request("GET", rel_path, params=params)

@@ -817,3 +817,33 @@ def test_https_front_end_trusted_through_chefs_trusted_certs_dir(original, agent
     rb.write_text(f'chef_server_url "{server.url}"\ntrusted_certs_dir "{trusted}"\n')
     b = agent(server.url, ca_file=load_settings(str(rb)).ca_file)
     connected_and_idle(server, b)
+
+
+def test_config_fetch_follows_a_front_end_redirect(original, agent):
+    """Chef's nginx answers plain http with a 301 to https; Chef's HTTP stack follows GETs."""
+    server = original()
+    target = f"http://127.0.0.1:{server.port}"
+    seen = []
+
+    class Redirect(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):
+            seen.append(self.path)
+            self.send_response(301)
+            self.send_header("Location", target + self.path)  # nginx: $scheme://$host$request_uri
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    front = ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=front.serve_forever, daemon=True).start()
+    try:
+        a = agent(f"http://127.0.0.1:{front.server_address[1]}/organizations/{ORG}")
+        connected_and_idle(server, a)
+        assert seen and seen[0].startswith(f"/organizations/{ORG}/pushy/config/{NODE}?ccpk=")
+        req = server.config_requests()[0]
+        assert req["verified"] and req["query"]["ccpk"] == [a.session.curve_keys[0]]
+    finally:
+        front.shutdown()
+        front.server_close()
