@@ -169,7 +169,7 @@ def test_01_node_becomes_available(env):
     client, http = env["client"], env["http"]
     wait_for(lambda: available(http, "web1"), timeout=20, message="web1 available")
     lib = client.of("libraries")[0]
-    assert lib["libzmq"].startswith("4.") and lib["mixlib_authentication"].startswith("3.")
+    assert lib["libzmq"].startswith("4.") and lib["curve"] == 1 and lib["mixlib_authentication"].startswith("3.")
     cfg = client.of("config")[0]
     assert cfg["using_curve"] is True and cfg["interval"] == HEARTBEAT_MS / 1000
     # the server answered on the command port (abort on FSM creation), so the

@@ -687,7 +687,10 @@ if $PROGRAM_NAME == __FILE__
   end
   trap("TERM") { exit!(0) } # exit! : no ZMQ context finalizer waiting on open sockets
   client = StockClient.new(opts)
-  Report.emit("libraries", libzmq: LibZMQ.version.values.join("."), ffi_rzmq: Gem.loaded_specs["ffi-rzmq"]&.version.to_s,
+  # zmq_has("curve") straight from the libzmq ffi-rzmq loaded (ffi-rzmq does not bind it)
+  zmq_has = FFI::Function.new(:int, [:string], LibZMQ.ffi_libraries.first.find_function("zmq_has"))
+  Report.emit("libraries", libzmq: LibZMQ.version.values.join("."), curve: zmq_has.call("curve"),
+                           ffi_rzmq: Gem.loaded_specs["ffi-rzmq"]&.version.to_s,
                            mixlib_authentication: Mixlib::Authentication::VERSION)
   client.start
   $stdin.read # until the test closes our stdin (or dies)
