@@ -154,6 +154,15 @@ OWNER_FILE = "owner.pid"
 PIDS_FILE = "started.pids"
 
 
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a killed orphan waits for its new parent to reap it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -177,6 +186,7 @@ def cleanup_stale_roots(parent: Path) -> None:
             continue
         root = (base / "root").resolve()
         pids_file = base / PIDS_FILE
+        killed = []
         for line in pids_file.read_text().split() if pids_file.exists() else []:
             pid = int(line)
             try:
@@ -186,6 +196,11 @@ def cleanup_stale_roots(parent: Path) -> None:
             if proc_root == str(root) or proc_root.startswith(str(root) + "/"):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(pid, signal.SIGKILL)
+                    killed.append(pid)
+        # let them go before unmounting (a busy mount would need a lazy umount)
+        deadline = time.monotonic() + 10
+        while any(_running(pid) for pid in killed) and time.monotonic() < deadline:
+            time.sleep(0.05)
         for mnt in sorted(_mounts_below(base), key=len, reverse=True):
             res = subprocess.run(["umount", mnt], capture_output=True)
             if res.returncode != 0:
@@ -326,10 +341,15 @@ class DebianRoot:
 
 
 def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    """Whether any process of group `pgid` still runs. Zombies do not count:
+    an orphaned member waits for its new parent to reap it, which may be
+    never where PID 1 is not an init."""
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        # after the command: state, ppid, pgrp, ...
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.packaging.debroot import ROOT_PREFIX, _mounts_below, cleanup_stale_roots
+from tests.packaging.debroot import ROOT_PREFIX, _mounts_below, _running as running, cleanup_stale_roots
 
 pytestmark = pytest.mark.packaging
 
@@ -37,7 +37,7 @@ def test_stale_root_of_a_killed_run_is_cleaned(bookworm_tarball: Path, tmp_path:
                              env=dict(os.environ, PYTHONPATH=str(REPO)))
     try:
         line = child.stdout.readline().split()
-        assert line, "the child did not set up its root"
+        assert line, f"the child did not set up its root (rc {child.wait(30)})"
         base, sleeper = Path(line[0]), int(line[1])
         assert base.name.startswith(ROOT_PREFIX)
         assert _mounts_below(base)  # overlay (or tarball) root with /proc mounted
@@ -47,12 +47,12 @@ def test_stale_root_of_a_killed_run_is_cleaned(bookworm_tarball: Path, tmp_path:
 
         cleanup_stale_roots(parent)
 
-        assert not _mounts_below(base)
-        assert not base.exists()
-        deadline = time.monotonic() + 10
-        while Path(f"/proc/{sleeper}").exists() and time.monotonic() < deadline:
+        assert not _mounts_below(base), _mounts_below(base)
+        assert not base.exists(), sorted(p.name for p in base.iterdir())
+        deadline = time.monotonic() + 30
+        while running(sleeper) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not Path(f"/proc/{sleeper}").exists(), "the process started in the root survived"
+        assert not running(sleeper), "the process started in the root survived"
     finally:
         if child.poll() is None:
             child.kill()
