@@ -191,3 +191,21 @@ def test_our_signatures_pass_mixlib_verification(version):
     assert [r["ok"] for r in res[good:]] == [False] * 4, res[good:]
     assert res[good]["valid_content_hash"] is False and res[good + 1]["valid_signature"] is False
     assert res[good + 2]["valid_signature"] is False and res[good + 3]["valid_timestamp"] is False
+
+
+def test_https_with_certificate_verification(module_server_factory):
+    """The same signed requests over HTTPS, the server's certificate verified by Ruby's OpenSSL."""
+    srv = module_server_factory(heartbeat_interval=150, ssl=True)
+    srv.create_org(ORG)
+    web9 = srv.create_client("web9", org=ORG)
+    ccpk, _ = curve_keypair()
+    reqs = [{"method": "GET", "path": f"{PUSHY}/config/web9", "version": v, "api_version": a,
+             "query_params": {"ccpk": ccpk, "version": "2.0"}} for v, a in VERSIONS]
+    res = run_signer("request", {"base_url": srv.base_url, "key_path": str(web9.key_path), "user": "web9",
+                                 "ca_file": str(srv.verify), "requests": reqs})
+    assert srv.base_url.startswith("https://")
+    assert [r.get("status") for r in res] == [200] * len(VERSIONS), res
+    # without the CA the connection is refused by verification, as Chef would
+    [bad] = run_signer("request", {"base_url": srv.base_url, "key_path": str(web9.key_path), "user": "web9",
+                                   "requests": reqs[:1]})
+    assert "certificate verify failed" in bad.get("error", ""), bad

@@ -53,6 +53,8 @@ class StockClientProcess:
             args += ["--hostname", hostname]
         if allow_unencrypted:
             args.append("--allow-unencrypted")
+        if server.ssl:
+            args += ["--ca-file", str(server.verify)]
         self.events: list[dict] = []
         self.stderr: list[str] = []
         self._cond = threading.Condition()
@@ -318,9 +320,14 @@ def test_07_unknown_client_exits_1(env, tmp_path):
         ghost.close()
 
 
-def test_08_server_without_curve(module_server_factory):
-    """`disable_curve_encryption`: the stock client refuses unless `allow_unencrypted`, then works in legacy mode."""
-    srv = module_server_factory(heartbeat_interval=HEARTBEAT_MS, settings={"disable_curve_encryption": True})
+def test_08_server_without_curve_over_https(module_server_factory):
+    """`disable_curve_encryption`: the stock client refuses unless `allow_unencrypted`, then works in legacy mode.
+
+    The server also serves HTTPS (the test certificate, verified by Ruby's
+    OpenSSL as Chef's HTTP client does with trusted_certs).
+    """
+    srv = module_server_factory(heartbeat_interval=HEARTBEAT_MS, ssl=True,
+                                settings={"disable_curve_encryption": True})
     srv.create_org(ORG)
     alice = srv.create_user("alice", org=ORG, admin=True)
     node = srv.create_client("web3", org=ORG)

@@ -5,8 +5,9 @@
 #
 # Two modes, JSON in on stdin, JSON out on stdout:
 #
-#   ruby chef_signer.rb request   {"base_url": "http://127.0.0.1:PORT", "key_path": "...",
-#                                  "user": "alice", "requests": [REQ, ...]}
+#   ruby chef_signer.rb request   {"base_url": "http(s)://127.0.0.1:PORT", "key_path": "...",
+#                                  "user": "alice", "ca_file": PEM path (https),
+#                                  "requests": [REQ, ...]}
 #     REQ = {"method": "GET", "path": "/organizations/acme/pushy/jobs",
 #            "query": "a=b" or "query_params": {"ccpk": KEY, ...} (CGI.escape'd; never
 #            signed), "body": "..." (optional),
@@ -70,7 +71,18 @@ module CompatSigner
     headers.merge(signed)
   end
 
-  def perform(base_url, key, user, req)
+  # Net::HTTP.start as Chef's BasicClient does: TLS with peer verification
+  # against `ca_file` (Chef's trusted_certs) when the URL is https.
+  def http_start(uri, ca_file, read_timeout, &block)
+    opts = { open_timeout: 5, read_timeout: read_timeout }
+    if uri.scheme == "https"
+      opts.update(use_ssl: true, verify_mode: OpenSSL::SSL::VERIFY_PEER)
+      opts[:ca_file] = ca_file if ca_file
+    end
+    Net::HTTP.start(uri.host, uri.port, **opts, &block)
+  end
+
+  def perform(base_url, key, user, req, ca_file = nil)
     uri = URI(base_url + req.fetch("path"))
     uri.query = req["query"] if req["query"]
     if req["query_params"] # escaped as the stock client does: CGI.escape of each value
@@ -86,7 +98,7 @@ module CompatSigner
     return perform_raw(uri, method, headers, body) if req["raw"]
 
     out = { "sent_headers" => headers }
-    Net::HTTP.start(uri.host, uri.port, open_timeout: 5, read_timeout: req.fetch("sse_timeout", 10)) do |http|
+    http_start(uri, ca_file, req.fetch("sse_timeout", 10)) do |http|
       klass = { "GET" => Net::HTTP::Get, "POST" => Net::HTTP::Post, "PUT" => Net::HTTP::Put,
                 "DELETE" => Net::HTTP::Delete }.fetch(method)
       request = klass.new(uri.request_uri, headers)
@@ -204,7 +216,7 @@ if $PROGRAM_NAME == __FILE__
     when "request"
       key = OpenSSL::PKey::RSA.new(File.read(input.fetch("key_path")))
       input.fetch("requests").map do |req|
-        CompatSigner.perform(input.fetch("base_url"), key, input.fetch("user"), req)
+        CompatSigner.perform(input.fetch("base_url"), key, input.fetch("user"), req, input["ca_file"])
       rescue StandardError => e
         { "error" => "#{e.class}: #{e.message}" }
       end

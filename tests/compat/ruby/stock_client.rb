@@ -81,6 +81,7 @@ class StockClient
     @api_version = opts[:api_version] || "1"
     @allow_unencrypted = opts[:allow_unencrypted] || false
     @file_dir = opts[:file_dir] || "/tmp/pushy"
+    @ca_file = opts[:ca_file] # Chef's trusted_certs for an https chef_server_url
     @client_curve_pub_key, @client_curve_sec_key = ZMQ::Util.curve_keypair
     raise "chef_server must end in /organizations/ORG_NAME" unless @chef_server_url =~ %r{/organizations/+([^/]+)/*}
 
@@ -129,7 +130,7 @@ class StockClient
       attempts += 1
       headers = CompatSigner.chef_headers(@client_key, @client_name, "GET", uri, "", @sign_version, @api_version)
       headers["Accept"] = "application/json"
-      res = Net::HTTP.start(uri.host, uri.port, open_timeout: 5, read_timeout: 5) do |http|
+      res = CompatSigner.http_start(uri, @ca_file, 5) do |http|
         http.request(Net::HTTP::Get.new(uri.request_uri, headers))
       end
       raise IOError, "HTTP #{res.code}" if res.code.to_i >= 500
@@ -680,6 +681,7 @@ if $PROGRAM_NAME == __FILE__
     o.on("--sign-version V") { |v| opts[:sign_version] = v }
     o.on("--api-version V") { |v| opts[:api_version] = v }
     o.on("--allow-unencrypted") { opts[:allow_unencrypted] = true }
+    o.on("--ca-file PATH") { |v| opts[:ca_file] = v }
   end.parse!
   Thread.abort_on_exception = false
   trap("USR1") do # a report of every thread's backtrace, for diagnosing a hung test
