@@ -156,8 +156,13 @@ class Connection:
             self.dealer.curve_serverkey = config.curve_public_key.encode("ascii")
             self.dealer.curve_publickey = public.encode("ascii")
             self.dealer.curve_secretkey = secret.encode("ascii")
-        self.sub.connect(config.out_addr)
-        self.dealer.connect(config.command_addr)
+        try:
+            self.sub.connect(config.out_addr)
+            self.dealer.connect(config.command_addr)
+        except zmq.ZMQError:  # an address libzmq refuses: no half-built pair left behind
+            self.sub.close(linger=0)
+            self.dealer.close(linger=0)
+            raise
         self.closed = False
 
     def send(self, frames: list[bytes]) -> bool:

@@ -50,6 +50,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Protocol
 
+import zmq
+
 from pushjobs.agent.chef_http import ChefHTTP
 from pushjobs.agent.connection import ConfigError, Connection, ServerConfig, parse_config
 from pushjobs.agent.loop import EventLoop, TimerHandle
@@ -416,6 +418,17 @@ class NodeSession:
         if exc is None and config is not None and not config.encrypted and not self.options.allow_unencrypted:
             exc = ConfigError("the server sent no curve_public_key (a 1.x server, or encryption "
                               "disabled); set allow_unencrypted to connect without encryption")
+        if exc is None and config is not None:
+            try:
+                self._refreshing = False
+                self._connect(config)
+                return
+            except zmq.ZMQError as zexc:  # an address libzmq refuses ("tcp://bad host:1")
+                self._disconnect()
+                self._refreshing = False
+                self.phase = FETCHING
+                exc = ConfigError(f"cannot connect to {config.out_addr} / {config.command_addr}: "
+                                  f"{zexc}")
         if exc is not None or config is None:
             self.stats["config_failures"] += 1
             self._attempt += 1
@@ -441,9 +454,6 @@ class NodeSession:
                 return
             self.phase = WAITING
             self._schedule_fetch(delay)
-            return
-        self._refreshing = False
-        self._connect(config)
 
     def _refresh(self, reason: str) -> None:
         """Full reconfigure that keeps the current connection until the new config is in.

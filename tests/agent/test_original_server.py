@@ -88,6 +88,7 @@ class OriginalServer:
         self.http_status = 200
         self.http_body = None
         self.http_delay = 0.0  # a slow front end: seconds before each config answer
+        self.advertised = "127.0.0.1"  # server_name: the host put in the ZeroMQ addresses
         self.received_at: list[float] = []  # monotonic arrival time of each received message
         self.requests: list[dict] = []  # every HTTP request: method, path, query, headers, verified
         self.received: list[tuple[bytes, dict]] = []  # verified client messages
@@ -131,8 +132,8 @@ class OriginalServer:
     def config_doc(self, node):
         doc = {
             "type": "config", "host": "127.0.0.1",
-            "push_jobs": {"heartbeat": {"out_addr": f"tcp://127.0.0.1:{self.pub_port}",
-                                        "command_addr": f"tcp://127.0.0.1:{self.router_port}",
+            "push_jobs": {"heartbeat": {"out_addr": f"tcp://{self.advertised}:{self.pub_port}",
+                                        "command_addr": f"tcp://{self.advertised}:{self.router_port}",
                                         "interval": float(self.interval), "offline_threshold": 3,
                                         "online_threshold": 2}},
             "node": node, "organization": ORG,
@@ -847,3 +848,14 @@ def test_config_fetch_follows_a_front_end_redirect(original, agent):
     finally:
         front.shutdown()
         front.server_close()
+
+
+def test_an_address_libzmq_refuses_is_retried_not_wedged(original, agent):
+    """A misconfigured server_name ("bad host") must not wedge the agent mid-handshake."""
+    server = original()
+    server.advertised = "bad host"
+    a = agent(server.url)
+    wait_for(lambda: a.session.stats["config_failures"] >= 2, message="refused addresses retried")
+    assert not a.session.connected
+    server.advertised = "127.0.0.1"
+    connected_and_idle(server, a)
