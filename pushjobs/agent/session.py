@@ -339,12 +339,14 @@ class NodeSession:
         """
         if self._watch is not None or self.config is None:
             return
-        import zmq
-
         sock = self.loop.context.socket(zmq.SUB)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SUBSCRIBE, b"")
-        sock.connect(self.config.out_addr)
+        try:
+            sock.connect(self.config.out_addr)
+        except zmq.ZMQError:  # an address libzmq refuses: nothing to watch
+            sock.close(linger=0)
+            return
         self._watch = sock
         self.loop.add_reader(sock, self._on_watch)
 
