@@ -28,7 +28,9 @@ from tests.helpers.fakenode import FakeNode
 pytestmark = [pytest.mark.e2e, requires_ruby]
 
 ORG = "acme"
-VERSIONS = [("1.0", "1"), ("1.1", "1"), ("1.3", "1"), ("1.3", "2")]
+# (signing version, X-Ops-Server-API-Version): Chef's Authenticator sends "1" in
+# older releases and "2" in newer ones; None = no header (mixlib signs "0")
+VERSIONS = [("1.0", "1"), ("1.1", "1"), ("1.3", "1"), ("1.3", "2"), ("1.3", None)]
 PUSHY = f"/organizations/{ORG}/pushy"
 
 
@@ -172,6 +174,9 @@ def test_our_signatures_pass_mixlib_verification(version):
     for method, b in (("GET", b""), ("POST", body), ("PUT", "ünïcode".encode())):
         h = sign_request(key, "alice", method, path, b, version=version)
         items.append({"public_key": pem, "method": method, "path": path, "body": b.decode(), "headers": h})
+    for api in ("2", None):  # another API version, and none at all (both sides assume "0")
+        h = sign_request(key, "alice", "GET", path, b"", version=version, server_api_version=api)
+        items.append({"public_key": pem, "method": "GET", "path": path, "body": "", "headers": h})
     # the path as a client may write it: Chef canonicalizes repeated and trailing slashes
     h = sign_request(key, "alice", "GET", "/organizations//acme/pushy/jobs/", b"", version=version)
     items.append({"public_key": pem, "method": "GET", "path": "/organizations//acme/pushy/jobs/",

@@ -53,7 +53,8 @@ module CompatSigner
   # AuthCredentials#signature_headers does; X-Ops-Server-API-Version keeps the
   # case Chef::HTTP::Authenticator gave it).
   def chef_headers(key, user, method, uri, body, version, api_version)
-    headers = { "X-Ops-Server-API-Version" => api_version.to_s }
+    # nil: no header at all (a bare mixlib signer); v1.3 then signs "0"
+    headers = api_version.nil? ? {} : { "X-Ops-Server-API-Version" => api_version.to_s }
     request_params = {
       http_method: method.to_sym, # Chef::HTTP passes :GET, :POST, ... (canonicalized upcase)
       path: uri.path,
@@ -91,7 +92,7 @@ module CompatSigner
     method = req.fetch("method", "GET").upcase
     body = req["body"]
     headers = chef_headers(key, user, method, uri, body, req.fetch("version", "1.1"),
-                           req.fetch("api_version", "1"))
+                           req.key?("api_version") ? req["api_version"] : "1")
     headers["Accept"] = req.fetch("accept", "application/json")
     headers["X-Chef-Version"] = "16.18.0"
     headers["Content-Type"] = "application/json" if body
