@@ -285,6 +285,10 @@ def test_06_server_restart_is_survived(env):
     wait_for(lambda: available(http, "web1"), timeout=20, message="web1 available")
     before = client.of("config")[-1]["server_incarnation"]
     configs = len(client.of("config"))
+    # restart right after a client heartbeat went out: the next three fit in
+    # the DEALER's queue (SNDHWM 3) for up to ~12 s of downtime + detection
+    beats = len(client.sent("heartbeat"))
+    client.wait(lambda: len(client.sent("heartbeat")) > beats, message="a client heartbeat")
     srv.restart()
     client.wait(lambda: client.of("restart_detected"), timeout=20, message="incarnation change seen")
     client.wait(lambda: len(client.of("config")) > configs, timeout=20, message="config re-fetched")
