@@ -7,8 +7,9 @@ Rules of this file:
 * The evaluation order is webmachine's (§10.2): header sanity (400/401) →
   body size (413) → the resource's own malformed-request checks (job body
   400, config ccpk 400/401) → authentication (404 org, 401 principal, 401
-  signature, 403 membership) → authorization (403). `signed_request()` runs
-  that pipeline for a view; views never check signatures themselves.
+  signature, 403 membership) → authorization (403) → Accept (406).
+  `signed_request()` runs that pipeline for a view; views never check
+  signatures themselves.
 * The cryptography is the protocol library's (`pushjobs.protocol.chef_auth`):
   this module only decides *whose* key and *which* answer.
 * Identities come from `pushjobs.server.identity` (orgs, principals: a client
@@ -268,13 +269,64 @@ def read_body() -> bytes:
     return data
 
 
+JSON = "application/json"
+
+
+def accept_allows(accept: Optional[str], mimetype: str) -> bool:
+    """Whether an `Accept` header value allows `mimetype` (absent or empty allows everything).
+
+    The most specific matching range decides (RFC 9110 §12.5.1): `type/sub`,
+    then `type/*`, then `*/*`; q=0 refuses. Media-type parameters other than
+    q (`application/json; charset=utf-8`) do not stop a match."""
+    if accept is None or not accept.strip():
+        return True
+    major = mimetype.split("/", 1)[0]
+    best: Optional[tuple[int, float]] = None  # (specificity, q)
+    for item in accept.split(","):
+        parts = [p.strip() for p in item.split(";")]
+        rng = parts[0].lower()
+        if not rng:
+            continue
+        q = 1.0
+        for param in parts[1:]:
+            k, _, v = param.partition("=")
+            if k.strip().lower() == "q":
+                try:
+                    q = float(v.strip())
+                except ValueError:
+                    q = 0.0
+        if rng == mimetype:
+            spec = 3
+        elif rng == f"{major}/*":
+            spec = 2
+        elif rng in ("*/*", "*"):
+            spec = 1
+        else:
+            continue
+        if best is None or spec > best[0]:
+            best = (spec, q)
+    return best is not None and best[1] > 0
+
+
+def check_accept(mimetype: str) -> None:
+    """406 unless the request's `Accept` allows `mimetype` (§10.2: after authorization)."""
+    from flask import request
+
+    accept = request.headers.get("Accept")
+    if not accept_allows(accept, mimetype):
+        raise error_list(406, f"cannot answer with any type in Accept '{accept}': this resource is {mimetype}")
+
+
 def signed_request(action: str, *, malformed: Optional[Callable[[bytes], Any]] = None,
-                   node_arg: Optional[str] = None) -> Callable:
+                   node_arg: Optional[str] = None, produces: Optional[str] = JSON) -> Callable:
     """Decorator: run the §10.2 pipeline, then call the view.
 
     `malformed(body)` is the resource's own malformed-request check (runs
     before authentication, as in the original); its result is put in
     `flask.g.parsed`. The authenticated principal is `flask.g.requestor`.
+    `produces` is the view's response type: after authorization the request's
+    `Accept` must allow it (else 406, as webmachine); None when the view
+    negotiates itself (the SSE feeds).
     """
 
     def decorate(view: Callable) -> Callable:
@@ -292,6 +344,8 @@ def signed_request(action: str, *, malformed: Optional[Callable[[bytes], Any]] =
             requestor = authenticate(org_name, info, request.headers, request.method, path, body)
             authorize(requestor, action, node=kwargs.get(node_arg) if node_arg else None,
                       validate_client_node_name=settings.validate_client_node_name)
+            if produces is not None:
+                check_accept(produces)
             g.requestor = requestor
             return view(*args, **kwargs)
 

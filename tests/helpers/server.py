@@ -79,6 +79,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -249,7 +250,7 @@ class SignedClient:
                 user_id: Optional[str] = None, **kw: Any) -> requests.Response:
         method = method.upper()
         full_path = self.url_path(path)
-        hdrs: dict[str, str] = {"Accept": "application/json"}
+        hdrs: dict[str, str] = {"Accept": default_accept(full_path)}
         if json is not dataclasses.MISSING:
             body = _json_bytes(json)
             hdrs["Content-Type"] = "application/json"
@@ -301,6 +302,16 @@ class SignedClient:
 
     def close(self) -> None:
         self.session.close()
+
+
+_OUTPUT_PATH = re.compile(r"/pushy/jobs/[^/]+/output/[^/]+/[^/?]+(?:\?.*)?$")
+
+
+def default_accept(path: str) -> str:
+    """The `Accept` a well-behaved client sends for `path`, as the CLI does: the output
+    endpoint answers application/octet-stream (406 for `Accept: application/json`),
+    everything else JSON. SSE feeds need an explicit `text/event-stream`."""
+    return "application/octet-stream" if _OUTPUT_PATH.search(path) else "application/json"
 
 
 def _json_bytes(obj: Any) -> bytes:
@@ -526,7 +537,7 @@ class ServerProcess:
         """SIGTERM the master and wait for it; kill the group if it overstays. Returns the exit code."""
         if self.proc is None:
             return None
-        self.close_clients()  # idle keep-alive connections would make the worker linger
+        self.close_clients()  # tidy (the server itself closes idle keep-alive connections on SIGTERM)
         rc = self.proc.poll()
         if rc is None:
             self.proc.send_signal(signal.SIGTERM)

@@ -556,6 +556,56 @@ def test_non_json_content_type_is_415(world):
     assert r.status_code == 201
 
 
+@pytest.mark.parametrize("accept, ok", [
+    (None, True), ("application/json", True), ("*/*", True), ("application/*", True),
+    ("application/json; charset=utf-8", True), ("text/html, application/json;q=0.1", True),
+    ("text/html", False), ("application/octet-stream", False), ("application/json;q=0, */*", False),
+    ("text/event-stream", False),
+])
+def test_json_resources_negotiate_accept(world, accept, ok):
+    """§10.2: 406 when Accept allows neither application/json nor */* (no Accept is fine)."""
+    http = world.http(world.alice)
+    headers = {"Accept": accept}  # None: requests sends no Accept header at all
+    for path in ("jobs", "node_states", "node_states/web1", "/organizations/acme/nodes",
+                 "/organizations/acme/search/node"):
+        r = http.get(path, headers=headers)
+        assert r.status_code == (200 if ok else 406), (path, accept, r.status_code, r.text)
+        if not ok:
+            assert "application/json" in error_of(r)[0]
+    r = requests.get(world.server.base_url + "/pushy/_status", headers=headers, timeout=10)
+    assert r.status_code == (200 if ok else 406)
+
+
+def test_accept_is_checked_after_authorization_and_before_the_resource(world):
+    """Evaluation order (§10.2): authentication/authorization → 406 → 404 → handler."""
+    bad = {"Accept": "text/html"}
+    alice = world.http(world.alice)
+    assert alice.get("jobs", sign=False, headers=bad).status_code == 400  # headers first
+    assert alice.get("jobs", user_id="nobody", headers=bad).status_code == 401
+    assert world.http(world.carol, org="acme").get("jobs", headers=bad).status_code == 403
+    assert alice.get(f"jobs/{'0' * 32}", headers=bad).status_code == 406  # before the 404
+    before = len(alice.get("jobs").json())
+    r = alice.post("jobs", json={"command": "x", "nodes": ["web1"]}, headers=bad)
+    assert r.status_code == 406
+    assert len(alice.get("jobs").json()) == before  # nothing was created
+    assert world.http(world.bob).post("jobs", json={"command": "x", "nodes": ["web1"]},
+                                      headers=bad).status_code == 403  # not a writer: 403 first
+
+
+def test_output_negotiates_octet_stream(world):
+    http = world.http(world.alice)
+    job_id = http.create_job("echo hi", ["web1"], capture_output=True)
+    with server_db(world.server) as store:
+        store.JobOutput.create(job=job_id, node_name="web1", stdout=b"hi\n", stderr=b"")
+    path = f"jobs/{job_id}/output/web1/stdout"
+    for accept in ("application/octet-stream", "*/*", "application/*", None):
+        r = http.get(path, headers={"Accept": accept})  # None: no Accept header at all
+        assert r.status_code == 200 and r.content == b"hi\n", (accept, r.status_code)
+    for accept in ("application/json", "text/plain", "application/octet-stream;q=0, */*"):
+        r = http.get(path, headers={"Accept": accept})
+        assert r.status_code == 406 and "application/octet-stream" in error_of(r)[0], (accept, r.text)
+
+
 def test_file_at_limit_and_zero_timeout_accepted(world):
     http = world.http(world.alice)
     http.create_job("x", ["web1"], file="raw:" + "x" * 100000, run_timeout=0, quorum=0)

@@ -245,9 +245,14 @@ def test_real_responses_validate(spec, running):
         alice.get(f"jobs/{job_id}/output/web1/stdout"),
         alice.get(f"jobs/{job_id}/output/web1/other"),
         alice.post(f"jobs/{job_id}/abort"),
+        # content negotiation: 406 when Accept excludes the response type, 415 for a non-JSON POST
+        requests.get(base + "/pushy/_status", headers={"Accept": "text/html"}),
+        alice.get("jobs", headers={"Accept": "text/html"}),
+        alice.get(f"jobs/{job_id}/output/web1/stdout", headers={"Accept": "application/json"}),
+        alice.post("jobs", json={"command": "x", "nodes": ["web1"]}, headers={"Content-Type": "text/plain"}),
     ]
     seen = set()
     for r in responses:
         check(spec, r)
         seen.add(r.status_code)
-    assert {200, 201, 400, 401, 403, 404, 405, 409, 413} <= seen
+    assert {200, 201, 400, 401, 403, 404, 405, 406, 409, 413, 415} <= seen

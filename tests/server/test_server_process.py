@@ -112,7 +112,7 @@ def test_lifecycle_one_worker_sighup_restart_sigterm(server_factory):
     with open(f"/proc/{workers[0]}/cmdline") as fh:
         assert "push-jobs-server" in fh.read()
     log = s.log_text()
-    assert "gevent" in log  # gunicorn names its worker class
+    assert "Using worker: PushJobsGeventWorker" in log  # gunicorn names its worker class (ours, gevent's)
     assert f"worker {workers[0]} serving the API" in log
     assert not _port_free(s.server_heartbeat_port) and not _port_free(s.command_port)
 
@@ -161,6 +161,59 @@ def test_lifecycle_one_worker_sighup_restart_sigterm(server_factory):
     assert not os.path.exists(f"/proc/{worker}") or open(f"/proc/{worker}/stat").read().split()[2] == "Z"
     for port in (s.api_port, s.server_heartbeat_port, s.command_port):
         wait_for(lambda: _port_free(port), timeout=5, message=f"port {port} released")
+
+
+def _worker_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+def test_sigterm_is_prompt_with_idle_keepalive_connections_and_sse_streams(server_factory, tls):
+    """SIGTERM ends the worker well under 1.5 s although clients hold idle keep-alive
+    connections (one used just before: its 2 s keep-alive timer is fresh) and SSE streams.
+    gunicorn's own gevent worker waited for those timers, checking once a second (2-5 s)."""
+    s = server_factory(ssl=tls)
+    s.create_org("acme")
+    alice = s.create_user("alice", "acme", admin=True)
+    sessions = [s.client(alice) for _ in range(4)]
+    for c in sessions:
+        assert c.get("jobs").status_code == 200  # the connection stays open, idle
+    opened, ended = threading.Semaphore(0), []
+
+    def listen(c):
+        try:
+            r = c.get("job_status_feed", headers={"Accept": "text/event-stream"}, stream=True, timeout=30)
+            opened.release()
+            for _ in r.iter_content(64):
+                pass
+            ended.append("clean")
+        except requests.RequestException as e:
+            ended.append(repr(e))
+
+    threads = [threading.Thread(target=listen, args=(s.client(alice),), daemon=True) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for _ in threads:
+        assert opened.acquire(timeout=10)
+    worker = _children(s.pid)[0]
+    assert sessions[0].get("node_states").status_code == 200
+    t0 = time.monotonic()
+    s.signal(signal.SIGTERM)
+    wait_for(lambda: not _worker_alive(worker), timeout=10, interval=0.01, message="the worker to exit")
+    worker_exit = time.monotonic() - t0
+    s.proc.wait(10)
+    total = time.monotonic() - t0
+    assert s.stop() == 0
+    assert worker_exit < 1.5, f"worker took {worker_exit:.2f}s"
+    assert total < 3.0, f"server took {total:.2f}s"
+    for t in threads:
+        t.join(5)
+    assert ended == ["clean", "clean"]  # the streams ended, not cut
+    assert "graceful timeout" not in s.log_text()
 
 
 def test_https_curve_disabled_client_name_not_validated(server_factory):

@@ -75,7 +75,7 @@ def _live(history: list, queue, keep_alive: float, on_close) -> Iterator[str]:
 
 @bp.route("/job_status_feed/<job_id>", methods=["GET"])
 @bp.route("/jobs_status_feed/<job_id>", methods=["GET"])
-@signed_request("read")
+@signed_request("read", produces=None)  # negotiated below: text/event-stream
 def job_feed(org: str, job_id: str) -> Response:
     state = current_app.extensions["pushjobs"]
     runtime = state.runtime
@@ -98,7 +98,7 @@ def job_feed(org: str, job_id: str) -> Response:
 
 @bp.route("/job_status_feed", methods=["GET"])
 @bp.route("/jobs_status_feed", methods=["GET"])
-@signed_request("read")
+@signed_request("read", produces=None)  # negotiated below: text/event-stream
 def org_feed(org: str) -> Response:
     state = current_app.extensions["pushjobs"]
     runtime = state.runtime

@@ -27,9 +27,11 @@ from flask import Blueprint, Response, g, request
 
 from pushjobs.server.api.errors import error, json_response
 from pushjobs.server.auth import (
+    JSON,
     authenticate,
     can_read,
     can_write,
+    check_accept,
     check_headers,
     forbidden,
     raw_request_path,
@@ -151,6 +153,7 @@ def _signed(action: str) -> Callable:
                 ok = can_write(requestor)
             if not ok:
                 raise forbidden(requestor)
+            check_accept(JSON)  # 406 after authorization, as every JSON resource
             g.requestor = requestor
             return view(*args, **kwargs)
 

@@ -1,4 +1,8 @@
-"""GET …/pushy/jobs/ID/output/NODE/stdout|stderr: captured output (PROTOCOL.md §10.8, §14)."""
+"""GET …/pushy/jobs/ID/output/NODE/stdout|stderr: captured output (PROTOCOL.md §10.8, §14).
+
+The answer is application/octet-stream: an `Accept` that allows neither it nor
+`*/*` (e.g. `application/json` alone) gets 406 after authorization, as in the
+original; no `Accept` is fine."""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ CHANNELS = ("stdout", "stderr")
 
 
 @bp.route("/jobs/<job_id>/output/<node>/<channel>", methods=["GET"])
-@signed_request("read")
+@signed_request("read", produces="application/octet-stream")
 def output(org: str, job_id: str, node: str, channel: str) -> Response:
     """The raw captured bytes; 404 while there is no output row (capture off, node not done)."""
     from pushjobs.server.store import JobOutput

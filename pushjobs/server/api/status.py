@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, current_app
 
 from pushjobs.server.api.errors import json_response
+from pushjobs.server.auth import JSON, check_accept
 
 bp = Blueprint("status", __name__)
 
@@ -16,6 +17,7 @@ def runtime_value(value):
 
 @bp.route("/pushy/_status", methods=["GET"])
 def status() -> Response:
+    check_accept(JSON)  # 406 when Accept excludes JSON (no Accept is fine)
     runtime = current_app.extensions["pushjobs"].runtime
     return json_response({
         "status": "it's alive",
