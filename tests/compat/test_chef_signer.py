@@ -153,6 +153,35 @@ def test_jobs_node_states_output_and_feed(env):
         assert done["status"] == "complete"
 
 
+def test_knife_push_job_start_bodies(env):
+    """The exact bodies `knife job start` posts (knife-push job_start.rb/job_helpers.rb), then its polling.
+
+    It always sends `capture_output` (false) and `env` (`{}` without
+    --with-env), the quorum as a count, `--file` as "raw:…"; it takes the job
+    id as the last 32 characters of `uri` and polls that absolute URL.
+    """
+    bodies = [
+        {"command": "chef-client", "nodes": ["web1"], "quorum": 1, "capture_output": False, "env": {}},
+        {"command": "chef-client", "nodes": ["web1"], "quorum": 1, "file": "raw:line one\nline two\n",
+         "capture_output": True, "env": {"A": "b"}, "dir": "/tmp", "run_timeout": 60},
+    ]
+    for body in bodies:
+        [res] = signer(env, env["alice"], [{"method": "POST", "path": f"{PUSHY}/jobs", "version": "1.1",
+                                            "body": json.dumps(body)}])
+        assert res["status"] == 201, (body, res)
+        uri = json.loads(res["body"])["uri"]
+        assert uri.startswith(env["srv"].base_url + "/"), uri
+        job_id = uri[-32:]
+        env["http"].wait_job(job_id, ("complete",), timeout=15)
+        [job] = signer(env, env["alice"], [{"method": "GET", "path": urllib.parse.urlsplit(uri).path}])
+        doc = json.loads(job["body"])
+        assert doc["id"] == job_id and doc["status"] == "complete" and doc["nodes"] == {"succeeded": ["web1"]}
+    # the raw file reached the node unchanged, with the other options
+    commit = env["node"].wait_for("commit", timeout=5, where=lambda b: b.get("job_id") == job_id)
+    assert commit["file"] == "raw:line one\nline two\n" and commit["capture"] is True
+    assert commit["env"] == {"A": "b"} and commit["dir"] == "/tmp"
+
+
 def test_post_job_bad_body_signed_by_mixlib_is_400(env):
     [res] = signer(env, env["alice"], [{"method": "POST", "path": f"{PUSHY}/jobs", "version": "1.3",
                                         "body": json.dumps({"command": "x", "nodes": "web1"})}])
