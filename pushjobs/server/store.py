@@ -17,6 +17,19 @@ Connections are per thread (per greenlet once gevent has patched
 `threading.local`). Code that runs in its own greenlet wraps its work in
 `with db.connection_context():` so that connections go back to the pool; the
 Flask app opens one per request and closes it in teardown.
+
+SQLite inside the gevent worker: sqlite3 calls are blocking C calls that
+never yield, and the busy handler (`timeout`) sleeps in C, holding up the
+whole worker. So a write transaction must never span a gevent switch: if
+greenlet A yielded inside `BEGIN IMMEDIATE`, greenlet B's `BEGIN IMMEDIATE`
+would sleep in C for the full timeout while A can never run to commit.
+Checked (a greenlet switch tracer over the e2e, feed and agent suites
+flagged no switch with a transaction open): the writer greenlet
+(`jobs.DbWriter`) runs plain queries only inside its batch transaction,
+`POST jobs` and the nodes PUT/POST write between authentication and the
+response, never around I/O, and the SSE feeds read everything before
+streaming. A parallel `push-jobs-server-ctl` holds the lock for one short
+transaction (purge-jobs: batches of 500), which the worker waits out.
 """
 
 from __future__ import annotations
