@@ -299,7 +299,6 @@ def _sha1_b64(text: str) -> str:
     return base64.b64encode(hashlib.sha1(text.encode()).digest()).decode()
 
 
-MISSING_AUTHORIZATION = ["missing required authentication header(s) 'X-Ops-Authorization-1'"]
 
 AUTH_CASES: list[AuthCase] = [
     AuthCase("signing protocol 1.3", 0, {"signing_description": "algorithm=sha256;version=1.3"}),
@@ -347,14 +346,10 @@ AUTH_CASES: list[AuthCase] = [
              {"hashed_body": _sha1_b64("{thisisnotevenjson}")}),
     AuthCase("X-Ops-Content-Hash does not match body and signature", 401,
              tamper=lambda h: {**h, "X-Ops-Content-Hash": _sha1_b64("{thisisnotevenjson}")}),
-    # The original answers 401 (a bad signature) to the next three; we name the missing
-    # header with a 400 (docs/compatibility.md, "Missing X-Ops-Authorization-N").
-    AuthCase("missing signature in X-Ops-Authorization-", 400, {"signature": None},
-             message=MISSING_AUTHORIZATION),
-    AuthCase("empty signature in X-Ops-Authorization-", 400, {"signature": ""},
-             message=MISSING_AUTHORIZATION),
-    AuthCase("missing line 1 in signature", 400, tamper=_without("X-Ops-Authorization-1"),
-             message=MISSING_AUTHORIZATION),
+    # As the original: no signature lines is a signature that does not verify (401).
+    AuthCase("missing signature in X-Ops-Authorization-", 401, {"signature": None}),
+    AuthCase("empty signature in X-Ops-Authorization-", 401, {"signature": ""}),
+    AuthCase("missing line 1 in signature", 401, tamper=_without("X-Ops-Authorization-1")),
     AuthCase("malformed signature in X-Ops-Authorization-", 401, {"signature": "xxx"}),
     AuthCase("missing a middle line in signature", 401, tamper=_without("X-Ops-Authorization-2")),
     AuthCase("missing the last line in signature", 401, tamper=_without_last_line),

@@ -9,8 +9,7 @@ authentication headers correctly" suite on GET /jobs, POST /jobs and GET
 
 Where we answer as PROTOCOL.md says rather than as the original did, the case
 says so: POST's 201 body is `{"id","uri"}` (§17.0, D7); an unknown key is
-`invalid key supplied: 'KEY'` (docs/compatibility.md); a missing
-`X-Ops-Authorization-1` is a named 400. The original's `fails_with_value`
+`invalid key supplied: 'KEY'` (docs/compatibility.md). The original's `fails_with_value`
 never looked at the response; here each asserts the 400 and its message (a
 string, §17.2 S4). The node `DONKEY` never exists, so every job ends
 `quorum_failed` with `{"unavailable": ["DONKEY"]}`.

@@ -10,8 +10,7 @@ Every `it` of the original is a case here, in the original's grouping:
 
 Where we answer differently from the original, the case says why: unknown
 nodes are 200 "offline" (§10.10; the original's 404 cases were `:skip`ped
-because it never 404s either); a missing `X-Ops-Authorization-1` is a named
-400 (docs/compatibility.md). The original also put the outside user into
+because it never 404s either). The original also put the outside user into
 `pushy_job_readers`; our ctl refuses to group a user of another org, and the
 answer is the same 403 "not associated" either way (membership is checked
 before the groups).
