@@ -297,7 +297,7 @@ def suite(a: argparse.Namespace) -> int:
         b.start_server()
         log(f"{a.nodes} clients created in {b.clients_seconds:.1f}s")
         cmd = b.start_fleet(ramp=ramp, duration=a.max_seconds,
-                            extra=("--fast-heartbeats",) if a.fast_heartbeats else ())
+                            extra=(("--fast-heartbeats",) if a.fast_heartbeats else ()) + tuple(a.fleet_args.split()))
         log("fleet: " + " ".join(cmd))
         t0 = time.monotonic()
         s_start0 = procstat.sample(b.worker_pid)
@@ -409,7 +409,7 @@ def suite(a: argparse.Namespace) -> int:
                   rc["config_failures"]]])
                 + "\n\nprogress (s since stop, available): " + " ".join(f"{t}:{n}" for t, n in rc["progress"]))
         return 0
-    except Exception as exc:  # record the miss too
+    except (Exception, KeyboardInterrupt) as exc:  # record the miss too
         notes.append(f"run aborted: {exc.__class__.__name__}: {exc}")
         log(notes[-1])
         return 1
@@ -441,6 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sub", choices=("per-node", "shared"), default=None)
     s.add_argument("--max-seconds", type=float, default=3600.0, help="the fleet stops by itself after this")
     s.add_argument("--no-profile", dest="profile", action="store_false")
+    s.add_argument("--fleet-args", default="", help="extra pushjobs-fleet arguments, e.g. '--http-threads 2'")
     s.add_argument("--avail-timeout", type=float, default=120.0,
                    help="seconds to wait for every node before each fan-out run (then it runs anyway)")
     s.add_argument("--stop-by", metavar="HH:MM", default=None,
@@ -452,6 +453,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    import signal
+
+    def on_term(signum: int, frame: Any) -> None:  # stop cleanly and still write the section
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
     a = build_parser().parse_args(argv)
     if a.cmd == "suite":
         return suite(a)
