@@ -185,6 +185,10 @@ _SIMPLE_ESCAPES = {
     "n": "\n", "t": "\t", "r": "\r", "0": "\0", "s": " ", "e": "\x1b", "a": "\a", "b": "\b", "f": "\f", "v": "\v",
 }
 # a newline after one of these continues the statement
+_SYMBOL_RE = re.compile(
+    r"[A-Za-z_][A-Za-z0-9_]*(?:[?!](?:(?==>)|(?!=))|=(?:(?==>)|(?![~>=])))?"
+    r"|\[\]=?|[+\-*/<>=!~%&|^]+"
+)
 _CONTINUE_AFTER = {",", "=>", "=", ".", "::", "\\"}
 
 
@@ -411,7 +415,11 @@ class _Lexer:
                 raise self.error("interpolation in a symbol is not supported")
             self.emit(SYM, RbSymbol("".join(parts)), line, space, ":" + "".join(parts))
         else:
-            m = re.compile(r"[A-Za-z_][A-Za-z0-9_]*[?!=]?|\[\]=?|[+\-*/<>=!~%&|^]+").match(t, self.i + 1)
+            # As Ruby's lexer: a name takes a setter `=` only when it does not
+            # start `=>`, `=~` or `==` (`:a=>1` is :a then `=>`, but `:a==>1`
+            # is :a= then `=>`); `?`/`!` are taken unless `=` follows, except
+            # `=>` (Ruby rejects `:a?=>1`; reading it as :a? is the only intent).
+            m = _SYMBOL_RE.match(t, self.i + 1)
             if m:
                 self.i = m.end()
                 self.emit(SYM, RbSymbol(m.group()), line, space, ":" + m.group())

@@ -230,3 +230,25 @@ def test_any_text_gives_assignments_or_one_line_error(text):
 def test_deep_nesting_is_an_error_not_a_crash():
     with pytest.raises(RbConfigError, match="nested too deeply"):
         parse("k " + "[" * 5000 + "]" * 5000)
+
+
+def test_hash_rocket_without_spaces_after_a_symbol():
+    """`:a=>1` is :a then `=>` (regression: the setter-symbol `=` swallowed it)."""
+    got = list(parse('whitelist({:command_line=>"x", :lock=>true})'))
+    assert got[0].value == {"command_line": "x", "lock": True}
+    assert [type(k) for k in got[0].value] == [RbSymbol, RbSymbol]
+    got = list(parse('whitelist({"a"=>"b", :c=>"d"})'))
+    assert got[0].value == {"a": "b", "c": "d"}
+    assert isinstance(list(got[0].value)[1], RbSymbol)
+
+
+@pytest.mark.parametrize("text, value", [
+    ("k({:a==>1})", {"a=": 1}),       # Ruby: :a= then =>
+    ("k({:a?=>1, :b!=>2})", {"a?": 1, "b!": 2}),
+    ("k :a=", "a="),
+    ("k :a?", "a?"),
+    ("k :b!", "b!"),
+    ("k [:[]=, :<=>]", ["[]=", "<=>"]),
+])
+def test_symbol_suffixes(text, value):
+    assert list(parse(text))[0].value == value
