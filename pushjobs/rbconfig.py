@@ -119,6 +119,9 @@ class RbWarning:
     filename: str
     lineno: int
     message: str
+    # the setting name the skipped statement starts with (None if it does not
+    # start with a name): lets a caller refuse to skip settings that matter
+    key: Optional[str] = None
 
     def __str__(self) -> str:
         return f"{self.filename}:{self.lineno}: {self.message}"
@@ -623,7 +626,8 @@ class _Parser:
         message = f"{why}: `{text}`" if text else why
         if self.strict:
             raise RbConfigError(self.filename, line, message)
-        self.result.warnings.append(RbWarning(self.filename, line, f"skipped: {message}"))
+        key = first.value if first.kind == IDENT else None
+        self.result.warnings.append(RbWarning(self.filename, line, f"skipped: {message}", key))
 
     def statement(self) -> Assignment:
         t = self.tok

@@ -355,6 +355,12 @@ def _read_rb(path: str, text: str) -> tuple[dict[str, Any], dict[str, int]]:
     except rbconfig.RbConfigError as exc:
         raise SettingsError(exc.message, path, exc.lineno) from None
     for warning in parsed.warnings:
+        if warning.key == "whitelist":
+            # Skipping it would silently run with the default whitelist, i.e.
+            # change what this node may run: refuse instead.
+            problem = warning.message.removeprefix("skipped: ")
+            raise SettingsError(f"cannot read the whitelist ({problem}); refusing to start "
+                                "with the default whitelist", path, warning.lineno)
         log.warning("%s (statement ignored)", warning)
     values: dict[str, Any] = {}
     lines: dict[str, int] = {}

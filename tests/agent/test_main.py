@@ -76,3 +76,12 @@ def test_bad_cli_value(capsys, tmp_path):
     cfg.write_text("chef_server_url: https://h/organizations/o\n")
     assert main(["-c", str(cfg), "-M", "0"]) == 1
     assert "max_body_size" in capsys.readouterr().err
+
+
+def test_unreadable_client_rb_whitelist_exits_1(capsys, tmp_path):
+    cfg = tmp_path / "client.rb"
+    cfg.write_text("chef_server_url 'https://h/organizations/o'\nwhitelist(YAML.load_file('/x'))\n")
+    assert main(["-c", str(cfg)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"{cfg}:2: cannot read the whitelist")
+    assert "\n" not in err

@@ -148,3 +148,28 @@ def test_org_from_url():
 def test_lockfile_default_and_override():
     assert AgentSettings().effective_lockfile == "/var/chef/cache/chef-client-running.pid"
     assert AgentSettings(lockfile="/x").effective_lockfile == "/x"
+
+
+def test_client_rb_unreadable_whitelist_is_fatal(tmp_path, caplog):
+    """Skipping it would silently run the default whitelist: a fatal one-line error."""
+    path = write(tmp_path, "client.rb", """\
+        node_name 'a'
+        Mixlib::Log::Formatter.show_time = false
+        whitelist(JSON.parse(File.read("/etc/wl.json")))
+        """)
+    with pytest.raises(SettingsError) as exc:
+        load_settings(path)
+    msg = str(exc.value)
+    assert msg.startswith(f"{path}:3: cannot read the whitelist") and "\n" not in msg
+    assert "default whitelist" in msg
+
+
+def test_client_rb_other_unreadable_statements_stay_warnings(tmp_path, caplog):
+    path = write(tmp_path, "client.rb", """\
+        node_name 'a'
+        foo.bar(JSON.parse("x"))
+        whitelist({:x=>"uptime"})
+        """)
+    s = load_settings(path)
+    assert s.whitelist == {"x": "uptime"}
+    assert any("client.rb:2: skipped" in r.getMessage() for r in caplog.records)
