@@ -438,3 +438,8 @@ def validate_for_start(settings: AgentSettings) -> None:
     org_from_url(settings.chef_server_url)
     if not os.path.exists(settings.client_key):
         raise SettingsError(f"client key {settings.client_key} does not exist")
+    # A missing CA bundle would otherwise fail every connection attempt, retried
+    # forever ("Could not find a suitable TLS CA certificate bundle").
+    if settings.verify_tls and settings.ca_file and not os.path.exists(settings.ca_file):
+        raise SettingsError(f"ca_file {settings.ca_file} does not exist "
+                            "(the CA certificate bundle or directory used to verify the server)")

@@ -85,3 +85,15 @@ def test_unreadable_client_rb_whitelist_exits_1(capsys, tmp_path):
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"{cfg}:2: cannot read the whitelist")
     assert "\n" not in err
+
+
+def test_missing_ca_file_exits_1(capsys, tmp_path):
+    key = tmp_path / "k.pem"
+    key.write_text("not checked before the CA file\n")
+    cfg = tmp_path / "a.yml"
+    cfg.write_text(f"chef_server_url: https://h/organizations/o\nclient_key: {key}\n"
+                   f"ca_file: {tmp_path / 'nope.pem'}\n")
+    assert main(["-c", str(cfg)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"push-jobs-client: ca_file {tmp_path / 'nope.pem'} does not exist")
+    assert "\n" not in err
