@@ -425,7 +425,9 @@ def cmd_group_list(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def cmd_show_config(settings: Settings, args: argparse.Namespace) -> None:
-    rows = effective_settings(settings)
+    # The database password must never reach a terminal or a pasted bug report.
+    rows = [(k, store.redact_url(v) if k == "database_url" and isinstance(v, str) else v, s)
+            for k, v, s in effective_settings(settings)]
     if args.json:
         out(json.dumps({"config_file": settings.config_path,
                         "settings": {k: {"value": v, "source": s} for k, v, s in rows}}, indent=2))

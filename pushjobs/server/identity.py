@@ -490,6 +490,24 @@ def _add_member(o: Org, group: str, kind: str, name: str, create_group: bool) ->
     return True
 
 
+def _group_contains_group(o: Org, outer: str, inner: str) -> bool:
+    """Does group `outer` contain group `inner`, directly or through nested groups?
+
+    Used to refuse a nesting that would make a cycle (membership lookups
+    survive cycles, but a cycle is always an admin mistake). One query per level."""
+    seen = {outer}
+    frontier = [outer]
+    while frontier:
+        rows = (GroupMember.select(GroupMember.name).join(Group)
+                .where((Group.org == o) & Group.name.in_(frontier) & (GroupMember.kind == GROUP)).tuples())
+        names = {n for (n,) in rows}
+        if inner in names:
+            return True
+        frontier = [n for n in names if n not in seen]
+        seen.update(frontier)
+    return False
+
+
 @dataclass(frozen=True)
 class GroupChange:
     member: MemberRef
@@ -503,6 +521,13 @@ def group_add(org: Union[Org, str], group: str, spec: str) -> GroupChange:
     with db.atomic():
         o = _org(org)
         ref = resolve_principal_spec(o, spec)
+        if ref.kind == GROUP:
+            if ref.name == group:
+                raise IdentityError(f"group '{group}' cannot be a member of itself")
+            if _group_contains_group(o, ref.name, group):
+                raise IdentityError(
+                    f"group '{ref.name}' already contains group '{group}' (directly or nested): "
+                    "adding it would create a cycle")
         created = find_group(o, group) is None
         changed = _add_member(o, group, ref.kind, ref.name, create_group=True)
     return GroupChange(ref, created, changed)

@@ -370,6 +370,30 @@ def test_show_config_prints_values_and_sources(ctl):
     assert data["settings"]["database_url"]["value"].endswith("push-jobs-server.sqlite3")
 
 
+def test_show_config_masks_the_database_password(tmp_path):
+    c = Ctl(tmp_path, database_url="postgresql://pushy:s3cret@db.example:5432/pushy", subprocess=False)
+    out = c.ok("show-config")
+    assert "s3cret" not in out
+    line = next(ln for ln in out.splitlines() if ln.startswith("database_url "))
+    assert "postgresql://pushy:***@db.example:5432/pushy" in line
+    js = c.ok("show-config", "--json")
+    assert "s3cret" not in js
+    assert json.loads(js)["settings"]["database_url"]["value"] == "postgresql://pushy:***@db.example:5432/pushy"
+
+
+def test_group_add_refuses_self_and_cycles(tmp_path):
+    c = Ctl(tmp_path, subprocess=False)
+    c.ok("init")
+    c.ok("org-create", "acme")
+    err = c.fails("group-add", "acme", "admins", "group:admins")
+    assert err == "push-jobs-server-ctl: error: group 'admins' cannot be a member of itself"
+    c.ok("group-add", "acme", "inner", "group:admins")  # creates inner
+    c.ok("group-add", "acme", "outer", "group:inner")  # creates outer
+    err = c.fails("group-add", "acme", "admins", "group:outer")
+    assert "cycle" in err
+    assert "group:outer" not in c.ok("group-list", "acme", "admins")
+
+
 def _free_port() -> int:
     import socket
 
