@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import tempfile
 from typing import Any, Mapping, Optional
 from urllib.parse import quote, urljoin, urlsplit
@@ -35,6 +36,20 @@ log = logging.getLogger(__name__)
 
 MAX_REDIRECTS = 5
 REDIRECTS = (301, 302, 303, 307, 308)
+
+
+def request_failure(method: str, url: str, exc: BaseException) -> str:
+    """One readable line for a failed request, without any query string.
+
+    urllib3's text repeats the full URL, whose `?ccpk=` (§2.1) is long noise in
+    a log line; its `<... object at 0x...>` reprs and line breaks say nothing
+    to an operator either.
+    """
+    text = f"{exc.__class__.__name__}: {exc}"
+    text = re.sub(r"\?[^\s'\")]*", "", text)
+    text = re.sub(r"<[\w.]+ object at 0x[0-9a-fA-F]+>:?\s*", "", text)
+    text = " ".join(text.split())
+    return f"{method} {urlsplit(url)._replace(query='').geturl()}: {text}"
 
 
 class HTTPError(Exception):
@@ -116,7 +131,7 @@ class ChefHTTP:
                                          timeout=self.timeout, allow_redirects=False,
                                          verify=self.tls_verify(), proxies=self.proxies_for(url))
             except requests.RequestException as exc:
-                raise HTTPError(f"{method} {url}: {exc.__class__.__name__}: {exc}") from None
+                raise HTTPError(request_failure(method, url, exc)) from None
             location = r.headers.get("Location")
             # like Chef's HTTP stack: GET/HEAD follow redirects (e.g. nginx's http -> https),
             # anything else is not repeated elsewhere

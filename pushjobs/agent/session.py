@@ -43,6 +43,7 @@ import dataclasses
 import json
 import logging
 import random
+import re
 import socket
 import threading
 import time
@@ -137,6 +138,15 @@ class JobHandler(Protocol):
         """A verified `commit`, `run` or `abort` body."""
 
 
+FETCH_LOG_INTERVAL = 60.0  # s between two warnings about the same config-fetch failure
+
+
+def _one_line(exc: Optional[BaseException]) -> str:
+    """An exception as one log line, without URL query strings (the long `?ccpk=`)."""
+    text = re.sub(r"\?ccpk=[^\s'\")]*", "", str(exc))
+    return " ".join(text.split())
+
+
 def backoff_delay(attempt: int, low: float, high: float, rng: random.Random) -> float:
     """Jittered exponential backoff: d = min(high, low * 2**(attempt-1)), drawn in [d/2, d]."""
     d = min(high, low * (2 ** max(0, attempt - 1)))
@@ -223,6 +233,8 @@ class NodeSession:
         self._timers: dict[str, TimerHandle] = {}
         self._attempt = 0
         self._generation = 0
+        self._fetch_logged_reason: Optional[str] = None  # rate limit of fetch-failure warnings
+        self._fetch_logged_at = 0.0
         self._sequence = 0
         self._offline_counter = 0
         self._online_counter = 0
@@ -436,8 +448,15 @@ class NodeSession:
             self._attempt += 1
             delay = backoff_delay(self._attempt, self.options.reconnect_min_delay,
                                   self.options.reconnect_max_delay, self.rng)
-            loud = self._attempt <= 3 or self._attempt % 10 == 0
             status = getattr(exc, "status", None)
+            reason = _one_line(exc)
+            # the reason is always worth a warning, but not every retry: a new
+            # reason logs at once, the same one again at most once a minute
+            now = self.loop.clock()
+            loud = (reason != self._fetch_logged_reason
+                    or now - self._fetch_logged_at >= FETCH_LOG_INTERVAL)
+            if loud:
+                self._fetch_logged_reason, self._fetch_logged_at = reason, now
             if status in (401, 403):
                 # the original client exits on this; we keep retrying (a client being
                 # created, a clock being fixed), loudly, since it needs a person
@@ -448,7 +467,7 @@ class NodeSession:
                 level = logging.WARNING if loud else logging.DEBUG
                 hint = ""
             self.log.log(level, "[%s] could not get the push jobs config (attempt %d): %s%s; "
-                         "retrying in %.1fs", self.node, self._attempt, exc, hint, delay)
+                         "retrying in %.1fs", self.node, self._attempt, reason, hint, delay)
             if self._refreshing and self.phase == CONNECTED:
                 # the current connection still works: keep it, try the refresh again later
                 self._refreshing = False

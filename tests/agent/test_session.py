@@ -408,3 +408,27 @@ def test_simulated_jobs_speak_the_agent_protocol(scripted, keys):
         time.sleep(0.05)
         loop.close()
         loop.context.destroy(linger=0)
+
+
+def test_config_fetch_failure_reason_is_one_warning_line_without_query(run_session, caplog):
+    """The reason is logged at WARNING (same reason: at most once a minute, the
+    rest at DEBUG), in one line, never with the `?ccpk=` query string."""
+    import logging
+    import socket
+    import types
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed once the block ends: connection refused
+    caplog.set_level(logging.DEBUG)
+    dead = types.SimpleNamespace(url=f"http://127.0.0.1:{port}/organizations/acme")
+    session, _ = run_session(dead)
+    wait_for(lambda: session.stats["config_failures"] >= 5, timeout=10, message="retries")
+    fails = [r for r in caplog.records if "could not get the push jobs config" in r.getMessage()]
+    assert len(fails) >= 5
+    warned = [r for r in fails if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and fails[0] is warned[0]
+    for r in fails:
+        msg = r.getMessage()
+        assert "ccpk" not in msg and "?" not in msg and "\n" not in msg
+        assert "Connection refused" in msg and "object at 0x" not in msg
