@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 from typing import Any, Iterator, Mapping, Optional
 from urllib.parse import quote
 
@@ -101,6 +103,10 @@ class ApiClient:
 
             urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
         elif config.ca_file:
+            # checked here, before any request: requests would raise a bare OSError mid-request
+            if not os.path.isfile(config.ca_file):
+                src = config.sources.get("ca_file", "--ca-file")
+                raise CliError(f"CA file {config.ca_file} (from {src}) not found", EXIT_USAGE)
             self.verify = config.ca_file
 
     def path(self, rel: str) -> str:
@@ -139,6 +145,12 @@ class ApiClient:
                 timeout=timeout if timeout is not None else self.timeout,
             )
         except requests.exceptions.SSLError as e:
+            if _wrong_scheme(e):
+                raise CliError(
+                    f"TLS handshake with {self.config.base_url} failed: the server does not speak HTTPS "
+                    "(check the URL scheme: http:// vs https://)",
+                    EXIT_UNREACHABLE,
+                ) from None
             raise CliError(
                 f"TLS error talking to {self.config.base_url}: {_reason(e)} "
                 "(use --ca-file PEM to trust its certificate, or --insecure)",
@@ -147,6 +159,12 @@ class ApiClient:
         except requests.exceptions.Timeout:
             raise CliError(f"server {self.config.base_url} did not answer in time", EXIT_UNREACHABLE) from None
         except requests.exceptions.ConnectionError as e:
+            if self.config.base_url.startswith("http://") and _reset(e):
+                raise CliError(
+                    f"server {self.config.base_url} closed the connection: it may expect HTTPS "
+                    "(check the URL scheme: http:// vs https://)",
+                    EXIT_UNREACHABLE,
+                ) from None
             raise CliError(f"cannot reach server {self.config.base_url}: {_reason(e)}", EXIT_UNREACHABLE) from None
         except requests.exceptions.RequestException as e:
             raise CliError(f"request to {url} failed: {_reason(e)}", EXIT_UNREACHABLE) from None
@@ -189,17 +207,38 @@ class ApiClient:
             resp.close()
 
 
-def _reason(exc: Exception) -> str:
-    """The innermost useful reason of a requests/urllib3 exception, on one line."""
+_WRONG_SCHEME_MARKERS = ("WRONG_VERSION_NUMBER", "wrong version number", "record layer failure",
+                         "packet length too long", "http request", "UNEXPECTED_RECORD")
+
+
+def _wrong_scheme(exc: Exception) -> bool:
+    """An SSL error that means the peer answered in plain HTTP (https:// URL, http server)."""
     text = str(exc)
-    for marker in ("Errno 111] ", "Errno 113] ", "Errno -2] ", "Errno -3] "):
-        if marker in text:
-            return text.split(marker, 1)[1].split("'")[0].split(")")[0].strip()
+    return any(m.lower() in text.lower() for m in _WRONG_SCHEME_MARKERS)
+
+
+def _reset(exc: Exception) -> bool:
+    """The peer dropped the connection (what an HTTPS server does with a plain-HTTP request)."""
+    text = str(exc)
+    return ("Connection reset" in text or "ConnectionResetError" in text or "RemoteDisconnected" in text
+            or "Connection aborted" in text)
+
+
+def _reason(exc: Exception) -> str:
+    """The innermost useful reason of a requests/urllib3 exception, on one line.
+
+    urllib3 wraps the OS error as `...: [Errno 111] Connection refused'))` or
+    `...: [Errno 111] Connection refused"))`; keep only the OS text, no quotes or parentheses.
+    """
+    text = " ".join(str(exc).split())
+    m = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", text)
+    if m:
+        return m.group(1).strip().rstrip(".")
     if "CERTIFICATE_VERIFY_FAILED" in text:
         return "certificate verify failed"
     if "Connection refused" in text:
         return "connection refused"
-    return text.splitlines()[0][:200]
+    return text[:200]
 
 
 def quote_segment(s: str) -> str:

@@ -96,6 +96,9 @@ def _add_common(p: argparse.ArgumentParser, top: bool) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="Run commands on many nodes at once (Chef Push Jobs compatible).")
     _add_common(p, top=True)
+    from pushjobs import __version__
+
+    p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     nouns = p.add_subparsers(dest="noun", metavar="{job,node}", parser_class=_Parser)
     nouns.required = True
 

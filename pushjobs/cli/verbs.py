@@ -131,7 +131,7 @@ def job_output(api: ApiClient, args: argparse.Namespace, out: Output) -> int:
         raise
     if out.fmt == "text":
         sys.stdout.flush()
-        sys.stdout.buffer.write(resp.content + b"\n")
+        sys.stdout.buffer.write(resp.content)
         sys.stdout.buffer.flush()
     else:
         out.doc({"job_id": args.job_id, "node": args.node, "channel": args.channel,
@@ -293,7 +293,7 @@ def job_start(api: ApiClient, args: argparse.Namespace, out: Output, req: Option
 def job_watch(api: ApiClient, args: argparse.Namespace, out: Output) -> int:
     job = _get_job(api, args.job_id)
     if job.get("status") in TERMINAL_JOB:
-        out.line(f"{str(job['status']).capitalize()}.")
+        out.line(f"{status_words(job['status'])}.")
         out.doc(job)
         return job_exit_code(job)
     return _follow_and_report(api, args.job_id, out, args.poll_interval, args.poll)
@@ -341,6 +341,12 @@ RUN_STATE = {"success": "succeeded", "failure": "failed", "crashed": "crashed",
              "client_died_while_running": "crashed"}
 
 
+def status_words(status: object) -> str:
+    """A job status as human words: `quorum_failed` -> `Quorum failed` (not `Quorum_failed`)."""
+    text = str(status).replace("_", " ").strip()
+    return text[:1].upper() + text[1:].lower()
+
+
 class Progress:
     """Live view of a job: one rewritten line on a terminal, plain lines otherwise."""
 
@@ -378,7 +384,8 @@ class Progress:
         if ev.name == "start":
             self.node_count = d.get("node_count") if isinstance(d.get("node_count"), int) else None
             self.status = "voting"
-            text = f"Voting: {self.node_count} nodes, quorum {d.get('quorum')}."
+            n = self.node_count
+            text = f"Voting: {n} node{'' if n == 1 else 's'}, quorum {d.get('quorum')}."
         elif ev.name == "quorum_vote":
             st = str(d.get("status", ""))
             self.nodes[node] = VOTE_STATE.get(st, "unavailable")
@@ -398,7 +405,7 @@ class Progress:
             text = f"  {node}: rehab"
         elif ev.name == "job_complete":
             self.status = str(d.get("status", "complete"))
-            text = f"{self.status.capitalize()}."
+            text = f"{status_words(self.status)}."
         elif ev.name == "summary":
             self.on_job(d)
             return
@@ -433,7 +440,7 @@ class Progress:
             total = sum(len(v or []) for v in buckets.values())
             busy = sum(len(buckets.get(b) or []) for b in ("new", "voting", "ready", "running"))
             return f"Running ({busy}/{total} in progress) ..."
-        return f"{str(st).capitalize()}."
+        return f"{status_words(st)}."
 
     def _show(self, text: str) -> None:
         stream = self.out.progress_stream

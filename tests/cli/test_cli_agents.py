@@ -48,7 +48,7 @@ def test_job_options_reach_the_command(server: Any, agent_factory: Any, tmp_path
     job = json.loads(cp.stdout)
     out = cli("job", "output", job["id"], "n1")
     assert out.returncode == 0
-    assert out.stdout == f"A=1 B=two words dir={workdir} user=nobody node=n1\n\n"
+    assert out.stdout == f"A=1 B=two words dir={workdir} user=nobody node=n1\n"  # exactly the captured bytes
 
     # the job file lives in the agent's file_dir, which pytest's 0700 tmp tree hides from
     # `nobody`: check the bytes as the agent's own user

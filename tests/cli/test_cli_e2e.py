@@ -123,9 +123,9 @@ def test_start_waits_prints_summary_and_output_is_captured(fresh: Env) -> None:
     assert "  web1: succeeded" in out and "Quorum succeeded" in out
 
     cp = fresh.cli("job", "output", job_id, "web1")
-    assert cp.returncode == 0 and cp.stdout == "hello from web1\n\n"
+    assert cp.returncode == 0 and cp.stdout == "hello from web1\n"  # exactly the bytes, nothing added
     cp = fresh.cli("job", "output", job_id, "web1", "--channel", "stderr")
-    assert cp.returncode == 0 and cp.stdout == "warn1\n\n"
+    assert cp.returncode == 0 and cp.stdout == "warn1\n"
     cp = fresh.cli("job", "output", job_id, "web2", "-F", "json")
     assert json.loads(cp.stdout) == {"job_id": job_id, "node": "web2", "channel": "stdout",
                                      "output": "hello from web2\n"}
