@@ -23,7 +23,9 @@ SIGHUP: gunicorn re-reads the configuration (we re-read the settings file)
 and replaces the worker. Because the new worker must bind the same ZeroMQ
 ports, `on_reload` stops the old worker *before* the new one is spawned: a
 reload is a short restart of the worker (node FSMs are rebuilt by the nodes'
-next heartbeats; jobs in flight are handled as after a crash, §9.7).
+next heartbeats; jobs in flight are handled as after a crash, §9.7). If the
+settings file is invalid, SIGHUP only logs why and leaves the running worker
+alone (`_PushJobsArbiter`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import time
 from functools import partial
 from typing import Any, Callable, Optional
@@ -41,6 +44,7 @@ from gevent.event import Event as GEvent
 from gevent.pool import Pool
 from gevent.server import StreamServer
 from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
 from gunicorn.sock import ssl_context
 from gunicorn.workers.ggevent import GeventWorker
 
@@ -68,8 +72,35 @@ class PushJobsApplication(BaseApplication):
         super().__init__()
 
     # --- configuration (master) ------------------------------------------
+    def run(self) -> None:
+        """BaseApplication.run with our arbiter (SIGHUP with bad settings keeps the worker)."""
+        try:
+            _PushJobsArbiter(self).run()
+        except RuntimeError as exc:
+            sys.stderr.write(f"push-jobs-server: {exc}\n")
+            sys.stderr.flush()
+            sys.exit(1)
+
+    def prepare_reload(self) -> bool:
+        """Read the settings file for a SIGHUP; False (and the reason logged) if it is invalid.
+
+        Checked before gunicorn's reload so that a typo in the settings file does
+        not cost a worker restart (a new incarnation: jobs in flight would crash)."""
+        if self.reload_settings is None:
+            return True
+        try:
+            self._next_settings = self.reload_settings()
+        except Exception as exc:  # noqa: BLE001 - keep serving with the old settings and worker
+            log.error("settings not reloaded, keeping the old ones and the running worker: %s", exc)
+            return False
+        return True
+
     def load_config(self) -> None:
-        if self._loaded_once and self.reload_settings is not None:
+        pending, self._next_settings = getattr(self, "_next_settings", None), None
+        if self._loaded_once and pending is not None:
+            self.settings = pending
+            log.info("settings reloaded")
+        elif self._loaded_once and self.reload_settings is not None:
             try:
                 self.settings = self.reload_settings()
                 log.info("settings reloaded")
@@ -256,6 +287,15 @@ class PushJobsGeventWorker(GeventWorker):
                 pass  # already closed
             self._connections.pop(client, None)
         return n
+
+
+class _PushJobsArbiter(Arbiter):
+    """gunicorn's arbiter, except that SIGHUP with an invalid settings file changes nothing."""
+
+    def handle_hup(self) -> None:
+        if not self.app.prepare_reload():
+            return
+        super().handle_hup()
 
 
 def _bracket(host: str) -> str:

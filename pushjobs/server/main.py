@@ -51,6 +51,50 @@ def _fail(message: str) -> int:
     return 2
 
 
+def _zmq_host(endpoint: str) -> str:
+    """The host part of a ZeroMQ bind endpoint ("tcp://*", "tcp://127.0.0.1", "tcp://[::1]")."""
+    host = endpoint.split("://", 1)[-1]
+    if host.startswith("["):
+        return host[1:].split("]", 1)[0]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def check_ports(settings) -> Optional[str]:
+    """One line naming the first port setting that cannot be bound, or None.
+
+    Done in the master before gunicorn starts: otherwise a busy API port makes
+    gunicorn retry five times and exit 1, and a busy ZeroMQ port kills the
+    worker with a traceback (exit 3). Each test socket uses SO_REUSEADDR, as
+    gunicorn and libzmq do, so a port in TIME_WAIT is not reported as busy;
+    it is closed before gunicorn binds. An address that does not resolve here
+    (e.g. a ZeroMQ interface name) is left to the in-worker check."""
+    import errno
+    import socket
+
+    wanted = [("api_port", settings.api_listen_address, settings.api_port),
+              ("server_heartbeat_port", _zmq_host(settings.zeromq_listen_address), settings.server_heartbeat_port),
+              ("command_port", _zmq_host(settings.zeromq_listen_address), settings.command_port)]
+    for name, host, port in wanted:
+        bind_host = None if host in ("*", "") else host
+        try:
+            family, socktype, proto, _, sockaddr = socket.getaddrinfo(
+                bind_host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        except (socket.gaierror, UnicodeError):
+            continue
+        sock = socket.socket(family, socktype, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(sockaddr)
+        except OSError as exc:
+            where = f"{host or '*'}:{port}"
+            if exc.errno == errno.EADDRINUSE:
+                return f"{name} {port}: address {where} is already in use (is another server running?)"
+            return f"{name} {port}: cannot bind {where}: {exc.strerror or exc}"
+        finally:
+            sock.close()
+    return None
+
+
 def load(config: Optional[str]):
     """Settings from CONFIG (or the default search); raises with a one-line message."""
     from pushjobs.server.settings import load_settings
@@ -84,6 +128,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             path = getattr(settings, name)
             if not path or not os.path.isfile(path):
                 return _fail(f"{name} {path!r}: no such file (both ssl_certificate and ssl_certificate_key are needed)")
+    busy = check_ports(settings)
+    if busy:
+        return _fail(busy)
     try:
         store.open_database(settings)  # migrates the schema; the worker reopens it
     except Exception as exc:  # noqa: BLE001 - StoreError and driver errors alike

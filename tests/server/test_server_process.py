@@ -82,16 +82,22 @@ def test_unreachable_database_exits_2(tmp_path):
     assert len(cp.stderr.strip().splitlines()) == 1
 
 
-def test_zeromq_port_in_use_stops_the_server(tmp_path):
-    """The worker cannot boot; the master must exit (not respawn forever) and say why."""
+@pytest.mark.parametrize("setting", ["api_port", "server_heartbeat_port", "command_port"])
+def test_port_in_use_exits_2_with_one_line(tmp_path, setting):
+    """Checked in the master before gunicorn starts: no gunicorn retries, no worker traceback."""
     s = ServerProcess(tmp_path / "srv")
     s.init()
-    with socket.socket() as blocker:
-        blocker.bind(("127.0.0.1", s.command_port))
+    port = getattr(s, setting)
+    with socket.socket() as blocker:  # a real occupied port, as another running server leaves it
+        blocker.bind(("127.0.0.1", port))
         blocker.listen()
+        t0 = time.monotonic()
         cp = _run_server(s.config_path, timeout=60)
-    assert cp.returncode != 0
-    assert "cannot start the push-jobs services" in cp.stderr and "Address already in use" in cp.stderr
+    assert cp.returncode == 2, cp.stderr
+    assert time.monotonic() - t0 < 20
+    lines = cp.stderr.strip().splitlines()
+    assert len(lines) == 1, cp.stderr
+    assert f"{setting} {port}" in lines[0] and "already in use" in lines[0] and "Traceback" not in cp.stderr
 
 
 def test_usage():
@@ -161,6 +167,26 @@ def test_lifecycle_one_worker_sighup_restart_sigterm(server_factory):
     assert not os.path.exists(f"/proc/{worker}") or open(f"/proc/{worker}/stat").read().split()[2] == "Z"
     for port in (s.api_port, s.server_heartbeat_port, s.command_port):
         wait_for(lambda: _port_free(port), timeout=5, message=f"port {port} released")
+
+
+def test_sighup_with_invalid_settings_keeps_the_worker(server_factory):
+    """A typo in the settings file must not cost a restart (new incarnation, jobs in flight crash)."""
+    s = server_factory()
+    workers = wait_for(lambda: _children(s.pid), timeout=5, message="the worker")
+    first = s.status()["incarnation_id"]
+    good = s.config_path.read_text()
+    s.config_path.write_text(good + "bogus_setting 12\n")
+    s.signal(signal.SIGHUP)
+    wait_for(lambda: "settings not reloaded" in s.log_text(), timeout=10, message="the reload error")
+    assert "bogus_setting" in s.log_text()
+    time.sleep(0.5)  # give a (wrong) restart the time to show
+    assert s.running and _children(s.pid) == workers
+    assert s.status()["incarnation_id"] == first
+    # a valid file again: SIGHUP restarts the worker as usual
+    s.config_path.write_text(good)
+    s.signal(signal.SIGHUP)
+    wait_for(lambda: s.status()["incarnation_id"] != first, timeout=15, message="a new worker")
+    assert s.running
 
 
 def _worker_alive(pid: int) -> bool:
