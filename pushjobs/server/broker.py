@@ -10,6 +10,11 @@ Rules of this file:
   (§5.3, §6.1); its cost does not depend on the number of nodes.
 * No loop ever dies on bad input: every callback is wrapped, failures are
   logged and the loop continues.
+* No loop may hog the one worker: the ROUTER loop drains at most
+  `ROUTER_BATCH` messages, then yields to the hub (docs/performance.md,
+  finding 1: a green `recv_multipart()` returns at once while messages are
+  queued, so a flood used to starve the heartbeat publisher, the API and the
+  database writer until every node declared the server dead).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import time
 from typing import Callable, Optional
 
 import gevent
+import zmq.backend as _zmq_backend
 import zmq.green as zmq
 
 from pushjobs.protocol import signing
@@ -29,6 +35,34 @@ from pushjobs.protocol.timestamps import http_date
 log = logging.getLogger(__name__)
 
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
+
+#: At most this many ROUTER messages are handled between two yields to the
+#: hub. Why 128: one message costs ~30-45 us here (receive + the node
+#: registry), so a batch is ~4-6 ms: the heartbeat publisher, the HTTP API and
+#: the database writer wait at most that long, while a yield (a hub loop
+#: iteration, ~20-50 us) stays under 1 % of the batch.
+ROUTER_BATCH = 128
+
+# The non-green socket methods: inside a drain, the router loop reads with
+# NOBLOCK straight from libzmq (zmq.green's wrapper re-reads ZMQ_EVENTS after
+# every message, which costs more than the receive; measured ~30 -> ~11 us per
+# message). Safe because this loop is the ROUTER's only reader and goes back to
+# the green (waiting) receive, which retries before it waits, once EAGAIN says
+# the queue is empty.
+_raw_recv = _zmq_backend.Socket.recv
+_raw_get = _zmq_backend.Socket.get
+
+
+def yield_to_loop() -> None:
+    """Let every other ready greenlet, timer and socket watcher run once.
+
+    Not `gevent.sleep(0)`: that only queues a callback, and gevent runs
+    queued callbacks in groups of 50 before it polls and fires timers again,
+    so a loop that yields with sleep(0) every few ms still holds timers
+    (the server heartbeat) back for 50 x its slice (measured: a 10 ms timer
+    ran every ~200 ms). A 1 us timer forces a full hub iteration (poll +
+    timers); it costs ~10 us."""
+    gevent.sleep(1e-6)
 
 
 class Broker:
@@ -53,6 +87,7 @@ class Broker:
         key_allowed: Callable[[bytes], bool],
         curve_secret_key: Optional[str],
         max_frame_bytes: int,
+        router_batch: int = ROUTER_BATCH,
     ):
         self.listen_address = listen_address
         self.heartbeat_port = heartbeat_port
@@ -72,6 +107,8 @@ class Broker:
         self.greenlets: list[gevent.Greenlet] = []
         self.heartbeat_sequence = 0
         self.zap_denied = 0
+        self.router_batch = max(1, int(router_batch))
+        self.router_yields = 0  # full batches after which the ROUTER loop yielded (a sign of a flood)
 
     # --- lifecycle -------------------------------------------------------
     def start(self) -> None:
@@ -155,18 +192,46 @@ class Broker:
                 return
 
     def _router_loop(self) -> None:
+        """Receive and hand over ROUTER messages, yielding every `ROUTER_BATCH`.
+
+        Waits (green) only when the queue is empty; otherwise drains with
+        NOBLOCK, and after a full batch lets every other ready greenlet run
+        (`yield_to_loop`) before draining on."""
+        router = self.router
+        on_frames = self.on_frames
+        batch = self.router_batch
+        NOBLOCK, RCVMORE = zmq.NOBLOCK, zmq.RCVMORE
         while True:
             try:
-                msg = self.router.recv_multipart(copy=True)
+                msg = router.recv_multipart(copy=True)  # green: waits while the queue is empty
             except zmq.ZMQError as e:
                 if e.errno in (zmq.ETERM, zmq.ENOTSOCK):
                     return
                 log.warning("command socket receive failed: %s", e)
+                yield_to_loop()
                 continue
-            try:
-                self.on_frames(msg[0], msg[1:])
-            except Exception:
-                log.exception("command message handling failed (dropped)")
+            n = 0
+            while True:
+                n += 1
+                try:
+                    on_frames(msg[0], msg[1:])
+                except Exception:
+                    log.exception("command message handling failed (dropped)")
+                if n >= batch:
+                    self.router_yields += 1
+                    yield_to_loop()  # let the heartbeat, the API and the DB writer run
+                    n = 0
+                try:
+                    msg = [_raw_recv(router, NOBLOCK)]
+                    while _raw_get(router, RCVMORE):
+                        msg.append(_raw_recv(router, NOBLOCK))
+                except zmq.Again:
+                    break  # empty: back to the green wait
+                except zmq.ZMQError as e:
+                    if e.errno in (zmq.ETERM, zmq.ENOTSOCK):
+                        return
+                    log.warning("command socket receive failed: %s", e)
+                    break
 
     def _heartbeat_loop(self) -> None:
         interval = self.heartbeat_interval

@@ -1,0 +1,166 @@
+"""The broker must not starve the rest of the worker under a message flood (issue #8, finding 1).
+
+A real `Broker` (ZeroMQ ROUTER + PUB on loopback, CurveZMQ off) with a 100 ms
+server heartbeat is flooded for ~2 s by several real DEALERs in another OS
+process, sending as fast as libzmq lets them. Meanwhile:
+
+* a real SUB in a plain OS thread timestamps every server heartbeat it
+  receives: no gap may reach 3 heartbeat intervals (after 4 missed server
+  heartbeats every node reconnects at once, the collapse measured at 5-6k
+  nodes);
+* a plain greenlet ticking every 10 ms must keep being scheduled.
+
+Before the fix, `_router_loop` called the green `recv_multipart()` which
+returns at once while messages are queued, so it never yielded: no heartbeat
+and no tick for the whole flood. `router_yields > 0` proves that the queue
+really stayed non-empty (full batches), i.e. that the flood was a flood.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+
+import gevent
+import pytest
+import zmq
+
+from pushjobs.protocol.keys import generate_rsa_key
+from pushjobs.server.broker import Broker
+from tests.helpers.server import free_ports
+
+INTERVAL = 0.1  # s, server heartbeat
+FLOOD_SECONDS = 2.0
+
+# Runs in its own process: real DEALERs sending heartbeat-sized two-frame messages as
+# fast as they can, then prints the flood's start and end (CLOCK_MONOTONIC is system-wide).
+SENDER = r"""
+import sys, time, zmq
+port, dealers, seconds = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+ctx = zmq.Context()
+socks = []
+for _ in range(dealers):
+    s = ctx.socket(zmq.DEALER)
+    s.linger = 0
+    s.connect("tcp://127.0.0.1:%d" % port)
+    socks.append(s)
+time.sleep(0.3)  # connections up
+header = b"Version:2.0;SigningMethod:hmac_sha256;Signature:" + b"A" * 44
+body = b'{"node":"n1","org":"acme","type":"heartbeat","job_state":"idle","pad":"' + b"x" * 200 + b'"}'
+sent = 0
+t0 = time.monotonic()
+end = t0 + seconds
+while time.monotonic() < end:
+    for s in socks:
+        for _ in range(50):
+            s.send_multipart([header, body])
+        sent += 50
+print(t0, time.monotonic(), sent, flush=True)
+for s in socks:
+    s.close()
+ctx.term()
+"""
+
+
+class HeartbeatWatcher(threading.Thread):
+    """A real SUB in an OS thread (plain pyzmq, not gevent): arrival time of every server heartbeat."""
+
+    def __init__(self, port: int):
+        super().__init__(daemon=True)
+        self.ctx = zmq.Context()
+        self.sub = self.ctx.socket(zmq.SUB)
+        self.sub.linger = 0
+        self.sub.setsockopt(zmq.SUBSCRIBE, b"")
+        self.sub.connect(f"tcp://127.0.0.1:{port}")
+        self.arrivals: list[float] = []
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.sub, zmq.POLLIN)
+        while not self._halt.is_set():
+            if poller.poll(50):
+                frames = self.sub.recv_multipart()
+                if len(frames) == 2 and b'"type":"heartbeat"' in frames[1]:
+                    self.arrivals.append(time.monotonic())
+
+    def close(self) -> None:
+        self._halt.set()
+        self.join(2)
+        self.sub.close()
+        self.ctx.term()
+
+
+def gwait(pred, timeout: float, message: str):
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {message}")
+        gevent.sleep(0.02)
+
+
+@pytest.fixture
+def broker():
+    hb, cmd = free_ports(2)
+    received = [0]
+
+    def on_frames(routing_id: bytes, frames: list[bytes]) -> None:
+        received[0] += 1
+
+    b = Broker(listen_address="tcp://127.0.0.1", heartbeat_port=hb, command_port=cmd, heartbeat_interval=INTERVAL,
+               server_private_key=generate_rsa_key(), incarnation_id="fairness", on_frames=on_frames,
+               key_allowed=lambda key: True, curve_secret_key=None, max_frame_bytes=1 << 20)
+    b.start()
+    b.received = received
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+def test_a_flood_on_the_router_does_not_starve_heartbeats_or_other_greenlets(broker):
+    watcher = HeartbeatWatcher(broker.heartbeat_port)
+    watcher.start()
+    gwait(lambda: len(watcher.arrivals) >= 2, 5, "server heartbeats on the SUB before the flood")
+
+    ticks: list[float] = []
+
+    def ticker() -> None:
+        while True:
+            ticks.append(time.monotonic())
+            gevent.sleep(0.01)
+
+    tick_g = gevent.spawn(ticker)
+    sender = subprocess.Popen([sys.executable, "-c", SENDER, str(broker.command_port), "4", str(FLOOD_SECONDS)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        # This greenlet waits through the hub too: under the old loop it would not run until the flood ended.
+        gwait(lambda: sender.poll() is not None, FLOOD_SECONDS + 10, "the flood to end")
+        out, _ = sender.communicate(timeout=5)
+        assert sender.returncode == 0
+        t0, t1, sent = out.split()
+        t0, t1 = float(t0), float(t1)
+        gevent.sleep(3 * INTERVAL)
+    finally:
+        if sender.poll() is None:
+            sender.kill()
+            sender.wait()
+        tick_g.kill()
+        watcher.close()
+
+    assert int(sent) > 20000
+    assert broker.received[0] > 5000
+
+    beats = [t for t in watcher.arrivals if t0 - INTERVAL <= t <= t1 + 2 * INTERVAL]
+    gaps = [b - a for a, b in zip(beats, beats[1:])]
+    assert len(beats) >= FLOOD_SECONDS / INTERVAL / 2, f"only {len(beats)} server heartbeats during the flood"
+    assert beats[0] - t0 < 3 * INTERVAL and t1 - beats[-1] < 3 * INTERVAL
+    assert max(gaps) < 3 * INTERVAL, f"server heartbeat gap {max(gaps):.3f} s during the flood"
+
+    during = [t for t in ticks if t0 <= t <= t1]
+    tick_gaps = [b - a for a, b in zip(during, during[1:])]
+    assert len(during) >= FLOOD_SECONDS / 0.05, f"a 10 ms greenlet ran only {len(during)} times in the flood"
+    assert max(tick_gaps) < 3 * INTERVAL, f"greenlet starved for {max(tick_gaps):.3f} s"
+    assert broker.router_yields > 10, "the queue never held a full batch: this was no flood"
