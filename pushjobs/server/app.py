@@ -70,12 +70,9 @@ def create_app(settings: Settings, runtime: Any, *, public_key_pem: Optional[str
         else server_public_key_pem(settings, runtime),
     )
 
-    @app.before_request
-    def _db_connect() -> None:
-        # One connection per request (per greenlet); pooled on PostgreSQL.
-        if store.db.obj is not None:
-            store.db.connect(reuse_if_open=True)
-
+    # A request takes a pooled connection at its first query (peewee connects
+    # on demand; `_status` and node_states never touch the database) and gives
+    # it back here. One per request greenlet: never shared while in use.
     @app.teardown_request
     def _db_close(exc: Optional[BaseException]) -> None:
         if store.db.obj is not None and not store.db.is_closed():

@@ -42,6 +42,8 @@ WWW_AUTHENTICATE = 'X-Ops-Sign version="1.0" version="1.1"'
 READERS_GROUP = "pushy_job_readers"
 WRITERS_GROUP = "pushy_job_writers"
 ADMINS_GROUP = "admins"
+#: The groups the rules of §10.3 look at, read with the principal in one query.
+AUTH_GROUPS = (READERS_GROUP, WRITERS_GROUP, ADMINS_GROUP)
 
 
 class AuthError(Exception):
@@ -83,6 +85,9 @@ class Requestor:
     org_guid: str
     public_key: Any = field(repr=False, compare=False)  # cryptography RSAPublicKey
     org: Any = field(default=None, repr=False, compare=False)  # the store's Org row
+    #: The §10.3 groups of the org as read with the principal (name -> id; absent: no
+    #: such group); None: not read, authorization looks them up.
+    groups: Optional[Mapping[str, int]] = field(default=None, repr=False, compare=False)
 
 
 def _header(headers: Mapping[str, str], name: str) -> Optional[str]:
@@ -150,8 +155,15 @@ def too_large() -> AuthError:
 # identities (pushjobs.server.identity)
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=16384)
 def _load_public_key(pem: str) -> Any:
+    """The parsed key of a PEM text, parsed once per text.
+
+    Safe to cache: the key is a pure function of the text, and the text is
+    read from the store on every request (so a key changed by the ctl is a
+    different text, a deleted client has none). Only parsing is cached, never
+    who may do what. Fleets share one key per `client-create --count`; the
+    bound keeps memory in check (~2 KB per key) for fleets that do not."""
     from pushjobs.protocol.keys import load_public_key
 
     return load_public_key(pem)
@@ -169,12 +181,17 @@ def lookup_org(org_name: str):
 
 def authenticate(org_name: str, info: HeaderInfo, headers: Mapping[str, str], method: str,
                  path: str, body: bytes) -> Requestor:
-    """404 unknown org → 401 unknown principal → 401 bad signature → 403 not a member."""
+    """404 unknown org → 401 unknown principal → 401 bad signature → 403 not a member.
+
+    One query reads the org, the principal (and its key, every time: no
+    decision is cached across requests) and the §10.3 groups of the org."""
     from pushjobs.protocol import chef_auth
     from pushjobs.server import identity
 
-    org = lookup_org(org_name)
-    principal = identity.lookup_principal(org, info.user_id)
+    found = identity.lookup_request_identity(org_name, info.user_id, AUTH_GROUPS)
+    if found is None:
+        raise error_list(404, f"organization '{org_name}' does not exist.")
+    org, principal = found.org, found.principal
     if principal is None:
         raise unauthorized(
             f"Failed to authenticate as '{info.user_id}'. Ensure that your node_name and client key are correct.")
@@ -190,7 +207,7 @@ def authenticate(org_name: str, info: HeaderInfo, headers: Mapping[str, str], me
     if not principal.org_member:
         raise error_list(403, f"'{info.user_id}' is not associated with organization '{org_name}'")
     return Requestor(name=principal.name, kind=principal.kind, org_name=org.name, org_id=org.id,
-                     org_guid=org.guid, public_key=public_key, org=org)
+                     org_guid=org.guid, public_key=public_key, org=org, groups=found.groups)
 
 
 # --------------------------------------------------------------------------------------
@@ -205,22 +222,35 @@ def _org_of(requestor: Requestor) -> Any:
     return requestor.org if requestor.org is not None else requestor.org_name
 
 
+def _group_id(requestor: Requestor, group: str) -> Optional[int]:
+    """The id of `group` in the requestor's org, or None when it does not exist.
+
+    From the authentication query when it read the groups (same request),
+    else looked up now."""
+    from pushjobs.server import identity
+
+    if requestor.groups is not None:
+        return requestor.groups.get(group)
+    g = identity.find_group(_org_of(requestor), group)
+    return g.id if g is not None else None
+
+
 def can_read(requestor: Requestor) -> bool:
     from pushjobs.server import identity
 
-    org = _org_of(requestor)
-    if identity.group_exists(org, READERS_GROUP):
-        return identity.is_member(org, READERS_GROUP, requestor.kind, requestor.name)
+    gid = _group_id(requestor, READERS_GROUP)
+    if gid is not None:
+        return identity.is_member(_org_of(requestor), READERS_GROUP, requestor.kind, requestor.name, group_id=gid)
     return True  # any authenticated org member
 
 
 def can_write(requestor: Requestor) -> bool:
     from pushjobs.server import identity
 
-    org = _org_of(requestor)
     for group in (WRITERS_GROUP, ADMINS_GROUP):
-        if identity.group_exists(org, group):
-            return identity.is_member(org, group, requestor.kind, requestor.name)
+        gid = _group_id(requestor, group)
+        if gid is not None:
+            return identity.is_member(_org_of(requestor), group, requestor.kind, requestor.name, group_id=gid)
     return False  # neither group: nobody writes
 
 

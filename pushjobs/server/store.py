@@ -14,9 +14,20 @@ Rules of this file:
 schema (see `SCHEMA_VERSION` and `MIGRATIONS`).
 
 Connections are per thread (per greenlet once gevent has patched
-`threading.local`). Code that runs in its own greenlet wraps its work in
-`with db.connection_context():` so that connections go back to the pool; the
-Flask app opens one per request and closes it in teardown.
+`threading.local`) and pooled on both back ends: `db.close()` gives the
+connection back to the pool, `close_database()` really closes them. Why a
+pool for SQLite too: opening a connection per request cost more than the
+request (connect, six PRAGMAs, schema parse, and under WAL a checkpoint when
+the last connection closed). A pooled SQLite connection is never shared by
+two greenlets/threads at once (the pool hands it to one user at a time),
+any transaction left open is rolled back when it comes back, and its PRAGMAs
+are set once, when it is opened. Queries read in autocommit mode (peewee),
+so each statement sees the latest committed data: a key changed or a client
+deleted by `push-jobs-server-ctl` in another process is seen by the next
+query of a running server. Code that runs in its own greenlet wraps its
+work in `with db.connection_context():` so that connections go back to the
+pool; the Flask app connects on a request's first query and gives the
+connection back in teardown.
 
 SQLite inside the gevent worker: sqlite3 calls are blocking C calls that
 never yield, and the busy handler (`timeout`) sleeps in C, holding up the
@@ -37,10 +48,13 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import os
+import time
+import weakref
 from typing import Callable, Optional
 from urllib.parse import unquote
 
 import peewee as pw
+from playhouse.pool import PooledPostgresqlDatabase, PooledSqliteDatabase
 
 log = logging.getLogger(__name__)
 
@@ -242,10 +256,19 @@ def sqlite_path(url: str, data_dir: str) -> str:
     return os.path.join(os.path.abspath(data_dir), path)
 
 
-class ImmediateSqliteDatabase(pw.SqliteDatabase):
-    """SQLite whose transactions take the write lock when they begin (`BEGIN IMMEDIATE`).
+#: Idle SQLite connections the pool keeps (more are closed when given back).
+SQLITE_IDLE_CONNECTIONS = 8
+#: sqlite3's busy handler: how long a writer waits for another's write lock (s).
+SQLITE_BUSY_TIMEOUT = 10
+#: A pooled PostgreSQL connection given back less than this long ago (s) is handed
+#: out again without a `SELECT 1` round trip (peewee pings on every check-out).
+POSTGRES_PING_AFTER_IDLE = 2.0
 
-    Why: with peewee's default `BEGIN` (DEFERRED) a transaction starts as a
+
+class ImmediateSqliteDatabase(PooledSqliteDatabase):
+    """Pooled SQLite whose transactions take the write lock when they begin (`BEGIN IMMEDIATE`).
+
+    Why IMMEDIATE: with peewee's default `BEGIN` (DEFERRED) a transaction starts as a
     reader and upgrades to a writer at its first write. Under WAL, when
     another connection (a parallel `push-jobs-server-ctl`, the server's
     writer greenlet) holds the write lock or has committed since our read
@@ -259,10 +282,92 @@ class ImmediateSqliteDatabase(pw.SqliteDatabase):
     coordinator, identity, ctl, migrations) gets this by default; an
     explicit `lock_type` ("DEFERRED", "EXCLUSIVE") still wins. A single
     statement outside a transaction needs nothing: it takes its lock
-    up front. PostgreSQL is unaffected (a different class)."""
+    up front. PostgreSQL is unaffected (a different class).
+
+    Why pooled: see the module docstring. No limit on connections in use (a
+    request never waits for one; SQLite calls do not yield, so few are ever
+    in use at once), at most `max_idle` kept idle. `check_same_thread` is off
+    because a pooled connection may be handed to another thread later; the
+    pool never gives it to two at once."""
+
+    def __init__(self, database: str, *, max_idle: int = SQLITE_IDLE_CONNECTIONS,
+                 busy_timeout: float = SQLITE_BUSY_TIMEOUT, **kwargs) -> None:
+        self._max_idle = max_idle
+        self._cursors: dict[int, weakref.WeakSet] = {}
+        kwargs.setdefault("check_same_thread", False)
+        super().__init__(database, max_connections=None, stale_timeout=None, **kwargs)
+        self._timeout = busy_timeout  # sqlite3.connect(timeout=): the pool took `timeout` for itself
 
     def begin(self, lock_type: Optional[str] = None) -> None:
         super().begin(lock_type or "IMMEDIATE")
+
+    def cursor(self, named_cursor=None):
+        cur = super().cursor(named_cursor)
+        key = self.conn_key(self._state.conn)
+        live = self._cursors.get(key)
+        if live is None:
+            live = self._cursors[key] = weakref.WeakSet()
+        live.add(cur)
+        return cur
+
+    def _close(self, conn, close_conn: bool = False) -> None:
+        # A statement not read to its end keeps its read snapshot: a connection
+        # given back with such a cursor still alive (held by a traceback, a
+        # lingering object) would show the next user stale data, e.g. a client
+        # the ctl has deleted. Its user is done with it: close its cursors.
+        live = self._cursors.pop(self.conn_key(conn), None)
+        if live:
+            for cur in list(live):
+                try:
+                    cur.close()
+                except Exception:  # noqa: BLE001 - a cursor of a broken connection
+                    log.debug("closing a cursor failed", exc_info=True)
+        super()._close(conn, close_conn)
+
+    def _close_raw(self, conn) -> None:
+        self._cursors.pop(self.conn_key(conn), None)
+        super()._close_raw(conn)
+
+    def _can_reuse(self, conn) -> bool:
+        # Called under the pool lock when a connection comes back: keep at most
+        # max_idle; the base class rolls back a transaction left open.
+        if len(self._connections) >= self._max_idle:
+            return False
+        return super()._can_reuse(conn)
+
+
+class PostgresDatabase(PooledPostgresqlDatabase):
+    """peewee's PostgreSQL pool without a `SELECT 1` round trip on every check-out.
+
+    peewee pings an idle connection each time it hands it out, which costs a
+    round trip (and the server's CPU) per API request. A connection given
+    back less than POSTGRES_PING_AFTER_IDLE seconds ago, idle and not closed,
+    is handed out as it is; an older one is pinged as before. A connection
+    the server dropped in between fails its first query (one 500) and is not
+    reused."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        self._returned: dict[int, float] = {}
+        super().__init__(*args, **kwargs)
+
+    def _is_closed(self, conn) -> bool:
+        if conn.closed:
+            return True
+        last = self._returned.get(self.conn_key(conn))
+        if (last is not None and time.monotonic() - last < POSTGRES_PING_AFTER_IDLE
+                and self._adapter.txn_status(conn) == self._adapter.txn_idle):
+            return False
+        return super()._is_closed(conn)
+
+    def _can_reuse(self, conn) -> bool:
+        ok = super()._can_reuse(conn)
+        if ok:
+            self._returned[self.conn_key(conn)] = time.monotonic()
+        return ok
+
+    def _close_raw(self, conn) -> None:
+        self._returned.pop(self.conn_key(conn), None)
+        super()._close_raw(conn)
 
 
 def is_postgres_url(url: str) -> bool:
@@ -278,19 +383,17 @@ def _make_database(url: str, data_dir: str, pool_size: int) -> pw.Database:
                 raise StoreError(f"database directory {parent} does not exist (run push-jobs-server-ctl init)")
         return ImmediateSqliteDatabase(
             path,
-            timeout=10,  # seconds; sqlite3's busy handler while another writer holds the lock
             pragmas={
                 "journal_mode": "wal",  # readers never block the writer
                 "foreign_keys": 1,  # ON DELETE CASCADE for job nodes/output/events
                 "synchronous": "normal",  # durable with WAL, much faster than FULL
-                "busy_timeout": 10000,
+                "busy_timeout": SQLITE_BUSY_TIMEOUT * 1000,
                 "cache_size": -16000,  # 16 MB
                 "temp_store": "memory",
             },
         )
     if is_postgres_url(url):
         import psycopg2.extensions
-        from playhouse.pool import PooledPostgresqlDatabase
 
         try:
             params = psycopg2.extensions.parse_dsn(url)
@@ -299,7 +402,7 @@ def _make_database(url: str, data_dir: str, pool_size: int) -> pw.Database:
         dbname = params.pop("dbname", None)
         if not dbname:
             raise StoreError("database_url names no database (postgresql://USER@HOST/DATABASE)")
-        return PooledPostgresqlDatabase(
+        return PostgresDatabase(
             dbname, max_connections=pool_size, stale_timeout=300, timeout=30, **params
         )
     raise StoreError(f"database_url {url!r}: expected sqlite:///PATH or postgresql://...")

@@ -214,3 +214,47 @@ def test_builtin_users_and_clients_groups(store_db):
     # nested one level further down
     idn.group_add("acme", "pushy_job_writers", "group:pushy_job_readers")
     assert idn.is_member("acme", "pushy_job_writers", "client", "n1")
+
+
+def test_request_identity_is_lookup_principal_in_one_query(store_db):
+    """The auth layer's one-query lookup answers exactly as lookup_principal (client wins,
+    user membership, unknown names and orgs) and says which of the asked groups exist."""
+    idn.create_org("acme")
+    idn.create_org("beta")
+    idn.create_user("alice", PUB_SPKI, org="acme", admin=True)
+    idn.create_user("dave", PUB_SPKI)  # in no org
+    idn.create_client("acme", "node1", PUB_PKCS1)
+    idn.create_group("acme", "pushy_job_readers")
+    asked = ("pushy_job_readers", "pushy_job_writers", "admins")
+    for org, name in [("acme", "alice"), ("beta", "alice"), ("acme", "node1"), ("beta", "node1"),
+                      ("acme", "ghost"), ("acme", "dave"), ("beta", "dave")]:
+        got = idn.lookup_request_identity(org, name, asked)
+        assert got.principal == idn.lookup_principal(org, name), (org, name)
+        o = idn.get_org(org)
+        assert (got.org.id, got.org.name, got.org.guid) == (o.id, o.name, o.guid)
+    assert idn.lookup_request_identity("no-such-org", "alice", asked) is None
+    acme = idn.lookup_request_identity("acme", "alice", asked)
+    assert acme.groups == {"pushy_job_readers": idn.find_group("acme", "pushy_job_readers").id,
+                           "admins": idn.find_group("acme", "admins").id}
+    assert idn.lookup_request_identity("beta", "alice", asked).groups == {"admins": idn.find_group("beta", "admins").id}
+    assert idn.lookup_request_identity("acme", "alice").groups == {}
+    # membership walks from the group id it returned
+    assert idn.is_member(acme.org, "admins", "user", "alice", group_id=acme.groups["admins"])
+    assert not idn.is_member(acme.org, "pushy_job_readers", "user", "alice",
+                             group_id=acme.groups["pushy_job_readers"])
+    # a client and a user of the same name: the client wins, as in Chef
+    idn.create_client("acme", "alice", PUB_SPKI)
+    assert idn.lookup_request_identity("acme", "alice").principal.kind == "client"
+
+
+def test_request_identity_sees_every_change_at_once(store_db):
+    """Nothing is cached: a deleted client or a new key counts from the next lookup on."""
+    idn.create_org("acme")
+    idn.create_client("acme", "n1", PUB_SPKI)
+    assert idn.lookup_request_identity("acme", "n1").principal.public_key == PUB_SPKI
+    idn.delete_client("acme", "n1")
+    assert idn.lookup_request_identity("acme", "n1").principal is None
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    idn.create_client("acme", "n1", other)
+    assert idn.lookup_request_identity("acme", "n1").principal.public_key == other

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import time
 
 import peewee as pw
 import pytest
@@ -226,4 +227,188 @@ def test_postgresql_url_with_unix_socket_dir(postgres_cluster, tmp_path):
     try:
         assert store.current_schema_version(database) == store.SCHEMA_VERSION
     finally:
+        store.close_database()
+
+
+# ---------------------------------------------------------------------------
+# connection pools: no set-up per request, no connection shared while in use,
+# and every query sees what other processes (the ctl) committed
+
+
+def _sqlite(tmp_path, name: str = "pool.db") -> store.ImmediateSqliteDatabase:
+    database = store._make_database(f"sqlite:///{tmp_path / name}", str(tmp_path), 1)
+    assert isinstance(database, store.ImmediateSqliteDatabase)
+    return database
+
+
+def test_sqlite_connections_are_reused_and_set_up_once(tmp_path):
+    database = _sqlite(tmp_path)
+    try:
+        database.connect()
+        first = database.connection()
+        database.close()
+        statements: list[str] = []
+        database.connect()
+        conn = database.connection()
+        assert conn is first  # from the pool: no connect, no PRAGMAs
+        conn.set_trace_callback(statements.append)
+        database.execute_sql("SELECT 1")
+        database.close()
+        conn.set_trace_callback(None)
+        assert statements == ["SELECT 1"]
+        # the PRAGMAs set when it was opened hold
+        with database.connection_context():
+            assert database.execute_sql("PRAGMA journal_mode").fetchone()[0] == "wal"
+            assert database.execute_sql("PRAGMA foreign_keys").fetchone()[0] == 1
+            assert database.execute_sql("PRAGMA busy_timeout").fetchone()[0] == 10000
+    finally:
+        database.close_all()
+
+
+def test_sqlite_pool_keeps_a_bounded_number_of_idle_connections(tmp_path):
+    import threading
+
+    database = _sqlite(tmp_path)
+    n = store.SQLITE_IDLE_CONNECTIONS + 4
+    barrier = threading.Barrier(n)
+    conns: list = []
+
+    def user() -> None:
+        database.connect()
+        conns.append(database.connection())
+        barrier.wait(10)  # all in use at once: each thread has its own connection
+        database.close()
+
+    threads = [threading.Thread(target=user) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    try:
+        assert len({id(c) for c in conns}) == n
+        assert len(database._connections) == store.SQLITE_IDLE_CONNECTIONS
+        assert not database._in_use
+    finally:
+        database.close_all()
+
+
+def test_sqlite_reads_during_a_write_transaction_see_the_last_commit(tmp_path):
+    """The job writer (another greenlet/thread, its own pooled connection) holds a write
+    transaction: a request reads at once, without waiting, and sees the last commit;
+    the next request after the commit sees the new row."""
+    import threading
+
+    database = _sqlite(tmp_path)
+    database.execute_sql("CREATE TABLE t (x INTEGER)")
+    database.execute_sql("INSERT INTO t VALUES (1)")
+    database.close()
+    inside, release, done = threading.Event(), threading.Event(), threading.Event()
+    writer_conn: list = []
+
+    def writer() -> None:
+        with database.atomic():
+            writer_conn.append(database.connection())
+            database.execute_sql("INSERT INTO t VALUES (2)")
+            inside.set()
+            release.wait(10)
+        database.close()
+        done.set()
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        assert inside.wait(10)
+        t0 = time.monotonic()
+        with database.connection_context():
+            assert database.connection() is not writer_conn[0]
+            assert [r[0] for r in database.execute_sql("SELECT x FROM t ORDER BY x")] == [1]
+        assert time.monotonic() - t0 < 1.0  # WAL: the reader never waits for the writer
+        release.set()
+        assert done.wait(10)
+        with database.connection_context():  # the next request, on a reused connection
+            assert [r[0] for r in database.execute_sql("SELECT x FROM t ORDER BY x")] == [1, 2]
+    finally:
+        release.set()
+        t.join(10)
+        database.close_all()
+
+
+def test_sqlite_a_transaction_left_open_is_rolled_back_when_given_back(tmp_path):
+    database = _sqlite(tmp_path)
+    other = _sqlite(tmp_path)  # another process, e.g. the ctl
+    try:
+        database.execute_sql("CREATE TABLE t (x INTEGER)")
+        conn = database.connection()
+        conn.execute("BEGIN IMMEDIATE")  # behind peewee's back
+        conn.execute("INSERT INTO t VALUES (1)")
+        database.close()
+        assert not conn.in_transaction
+        with other.atomic():  # the write lock is free again
+            other.execute_sql("INSERT INTO t VALUES (2)")
+        assert [r[0] for r in other.execute_sql("SELECT x FROM t")] == [2]
+    finally:
+        database.close_all()
+        other.close_all()
+
+
+def test_sqlite_a_half_read_cursor_does_not_freeze_the_next_users_view(tmp_path):
+    """A statement not read to its end keeps a read snapshot; a pooled connection given back
+    with such a cursor still referenced must not show the next request old data (e.g. a
+    client that the ctl has deleted since)."""
+    database = _sqlite(tmp_path)
+    ctl = _sqlite(tmp_path)
+    try:
+        database.execute_sql("CREATE TABLE t (x INTEGER)")
+        for i in range(10):
+            database.execute_sql("INSERT INTO t VALUES (?)", (i,))
+        database.close()
+        lingering = database.execute_sql("SELECT x FROM t")
+        assert lingering.fetchone() == (0,)
+        conn = database.connection()
+        database.close()  # the request ends; the cursor object lives on
+        ctl.execute_sql("DELETE FROM t WHERE x = 0")
+        ctl.close()
+        with database.connection_context():
+            assert database.connection() is conn
+            assert database.execute_sql("SELECT COUNT(*) FROM t").fetchone() == (9,)
+    finally:
+        database.close_all()
+        ctl.close_all()
+
+
+@pytest.mark.postgres
+def test_postgresql_pool_skips_the_ping_for_a_just_returned_connection(fresh_postgres_url, tmp_path):
+    """Check-out within POSTGRES_PING_AFTER_IDLE of check-in hands the connection out as it is
+    (no `SELECT 1` round trip per request); an older one is pinged, and a dead one replaced."""
+    database = store.open_database(Settings(data_dir=str(tmp_path), database_url=fresh_postgres_url))
+    killer = store._make_database(fresh_postgres_url, str(tmp_path), 2)
+    try:
+        assert isinstance(database, store.PostgresDatabase)
+        with database.connection_context():
+            pid = database.execute_sql("SELECT pg_backend_pid()").fetchone()[0]
+            conn = database.connection()
+        with database.connection_context():  # reused: same backend
+            assert database.execute_sql("SELECT pg_backend_pid()").fetchone()[0] == pid
+        killer.execute_sql("SELECT pg_terminate_backend(%s, 5000)", (pid,))  # waits until it is gone
+        killer.close()
+        # just given back: no ping, so the dead connection comes out; its first query fails
+        database.connect()
+        assert database.connection() is conn
+        with pytest.raises((pw.OperationalError, pw.InterfaceError)):
+            database.execute_sql("SELECT 1")
+        database.close()  # not reusable: closed, not pooled
+        with database.connection_context():
+            pid2 = database.execute_sql("SELECT pg_backend_pid()").fetchone()[0]
+            conn2 = database.connection()
+        assert pid2 != pid
+        # idle longer than the threshold: pinged at check-out, the dead one is replaced
+        killer.execute_sql("SELECT pg_terminate_backend(%s, 5000)", (pid2,))
+        killer.close()
+        key = database.conn_key(conn2)
+        database._returned[key] -= store.POSTGRES_PING_AFTER_IDLE + 1
+        with database.connection_context():
+            assert database.connection() is not conn2
+            assert database.execute_sql("SELECT 1").fetchone() == (1,)
+    finally:
+        killer.close_all()
         store.close_database()
