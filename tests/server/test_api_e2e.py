@@ -696,3 +696,47 @@ def test_abort_of_a_finished_job_is_409(world):
     r = alice.post(f"jobs/{job_id}/abort")
     assert r.status_code == 409
     assert error_of(r) == [f"job '{job_id}' is already finished (status {status})"]
+
+
+# --------------------------------------------------------------------------------------
+# the running server caches no identity: ctl changes from another process count at once
+
+
+def test_ctl_changes_from_another_process_count_from_the_next_request(world):
+    """Keys are parsed once per PEM text, connections are pooled, principals and groups are read
+    in one query: none of that may keep a deleted client, an old key or an old group rule
+    alive. Each ctl command below runs in its own process while the server keeps running."""
+    from tests.helpers.server import Principal
+
+    s = world.server
+    s.create_org("rotate")
+    node = s.create_client("rot1", "rotate")
+    reader = s.create_user("rotreader", "rotate")
+    old_key = node.private_key  # loaded now: keeps signing with the old key
+    pub = curve_keypair()[0]
+    http_node, http_reader = world.http(node), world.http(reader)
+    assert http_node.get("config/rot1", params={"ccpk": pub}).status_code == 200
+    assert http_reader.get("node_states").status_code == 200
+    # client deleted -> unknown principal on the very next request
+    s.ctl("client-delete", "rot1", "--org", "rotate")
+    r = http_node.get("config/rot1", params={"ccpk": pub})
+    assert r.status_code == 401, r.text
+    assert "Failed to authenticate as 'rot1'" in r.json()["error"][0]
+    # re-created with a new key: the old key is refused, the new one works
+    new_path = s.keys_dir / "client-rotate-rot1-new.pem"
+    s.ctl("client-create", "rot1", "--org", "rotate", "--key-out", str(new_path))
+    r = http_node.get("config/rot1", params={"ccpk": pub})
+    assert r.status_code == 401 and r.json() == {"error": ["Invalid signature for user or client 'rot1'"]}
+    assert node.private_key is old_key
+    new_node = Principal(name="rot1", kind="client", org="rotate", key_path=new_path)
+    r = world.http(new_node).get("config/rot1", params={"ccpk": pub})
+    assert r.status_code == 200, r.text
+    assert len(rsa_decrypt(new_node.private_key, base64.b64decode(r.json()["encoded_session_key"]["key"]))) == 32
+    # a group rule added: the member-only read rule applies at once
+    s.ctl("group-add", "rotate", "pushy_job_readers", "client:rot1")
+    assert http_reader.get("node_states").status_code == 403
+    s.ctl("group-add", "rotate", "pushy_job_readers", "rotreader")
+    assert http_reader.get("node_states").status_code == 200
+    # user deleted -> 401
+    s.ctl("user-delete", "rotreader")
+    assert http_reader.get("node_states").status_code == 401
