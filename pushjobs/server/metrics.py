@@ -5,8 +5,9 @@ Rules of this file:
   one), so tests and tools can build many apps in one process.
 * Nothing here touches the hot path. The `RuntimeCollector` READS the live
   server's own counters and state at scrape time: node FSMs by state, the
-  drop counters by reason, the ROUTER message count, server heartbeats
-  published, ZAP refusals, the database writer's backlog; jobs by status
+  drop counters by reason, the ROUTER message count, messages in/out by
+  type, heartbeat processing time, the event loop's lag and stalls, server
+  heartbeats published, ZAP refusals, the database writer's backlog; jobs by status
   come from the store. Counters the runtime does not keep (yet) are simply
   absent from the output; see `OPTIONAL_RUNTIME_COUNTERS` for the attribute
   names read when they exist.
@@ -118,7 +119,7 @@ class RuntimeCollector(Collector):
         self.runtime = runtime
 
     def collect(self) -> Iterator[Any]:
-        for part in (self._nodes, self._messages, self._broker, self._jobs_live, self._jobs_db):
+        for part in (self._nodes, self._messages, self._loop, self._broker, self._jobs_live, self._jobs_db):
             try:
                 yield from part()
             except Exception:  # a scrape must never fail because one part did
@@ -181,6 +182,26 @@ class RuntimeCollector(Collector):
             s.add_metric([], count_value=hb_count, sum_value=float(hb_sum))
             yield s
 
+    # --- the worker's event loop ---------------------------------------------------
+    def _loop(self) -> Iterator[Any]:
+        lag = getattr(getattr(self.runtime, "registry", None), "lag", None)
+        if lag is None:
+            return
+        g = GaugeMetricFamily("pushjobs_event_loop_lag_seconds",
+                              "Largest lateness of the loop-lag monitor's wake-ups (ticks every heartbeat "
+                              "interval / 4) over the last 1-2 minutes")
+        g.add_metric([], lag.recent_max_lag())
+        yield g
+        c = CounterMetricFamily("pushjobs_event_loop_stalls",
+                                "Loop-lag monitor wake-ups later than one heartbeat interval")
+        c.add_metric([], lag.stalls)
+        yield c
+        c = CounterMetricFamily("pushjobs_event_loop_stalled_seconds",
+                                "Seconds the event loop was stalled beyond jitter: not counted against "
+                                "node liveness (the node FSMs' clock skips them)")
+        c.add_metric([], lag.stalled)
+        yield c
+
     def _broker(self) -> Iterator[Any]:
         broker = getattr(self.runtime, "broker", None)
         if broker is None:
@@ -189,6 +210,13 @@ class RuntimeCollector(Collector):
         if isinstance(seq, int):
             c = CounterMetricFamily("pushjobs_server_heartbeats_sent", "Server heartbeats published (PUB)")
             c.add_metric([], seq)
+            yield c
+        yields = getattr(broker, "router_yields", None)
+        if isinstance(yields, int):
+            c = CounterMetricFamily("pushjobs_command_router_full_batches",
+                                    "Times the ROUTER loop had a full batch queued and yielded before "
+                                    "reading on (a sign of a message flood)")
+            c.add_metric([], yields)
             yield c
         denied = getattr(broker, "zap_denied", None)
         if isinstance(denied, int):

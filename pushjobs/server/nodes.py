@@ -12,31 +12,212 @@ Rules of this file:
 * Every dropped message is counted by reason (`drop_counts`, shown by the
   metrics endpoint) and logged; nothing raises out of `on_frames`.
 * The FSM decides; this module carries out its actions in order: `Send`
-  (sign with the session key, route by the FSM's routing id), timers as
-  gevent greenlets, `Rebind`, `ForwardToJob`, `Terminate` (tell the job
-  coordinator: `down`).
+  (sign with the session key, route by the FSM's routing id), timers (one
+  heap and ONE greenlet for the timers of all nodes, not a greenlet per
+  node), `Rebind`, `ForwardToJob`, `Terminate` (tell the job coordinator:
+  `down`).
+* The node FSMs run on a lag-compensated clock (`LoopLagMonitor.now`):
+  monotonic time minus the seconds the worker's event loop was stalled. When
+  the server itself falls behind (a flood, a slow database call), heartbeats
+  queued in the meantime are processed late; on the plain clock those
+  intervals would look silent and the liveness average would declare healthy
+  nodes dead, and they would all reconnect at once. Only the message
+  pipeline's timestamp check (§4.5) uses the wall clock.
+* Counting is cheap and per message: `received_by_type`, `sent_by_type`,
+  `heartbeat_seconds`/`heartbeats_processed` (read by the metrics collector
+  at scrape time, `metrics.OPTIONAL_RUNTIME_COUNTERS`).
 """
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
+import math
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Container, Optional, Protocol
 
 import gevent
+from gevent.event import Event as _GEvent
 
 from pushjobs.core import actions as A
 from pushjobs.core.node import CLIENT_MESSAGE_TYPES, NodeFSM
 from pushjobs.protocol import signing
 from pushjobs.protocol.errors import ProtocolError
 from pushjobs.protocol.timestamps import http_date
+from pushjobs.server.broker import ROUTER_BATCH, yield_to_loop
 
 log = logging.getLogger(__name__)
 
 NodeKey = tuple[str, str]  # (org name, node name)
+
+#: The loop-lag monitor wakes every heartbeat interval / LAG_TICKS_PER_INTERVAL.
+LAG_TICKS_PER_INTERVAL = 4
+#: `pushjobs_event_loop_lag_seconds` shows the largest lag of the last one to
+#: two windows of this many seconds (two rotating maxima: no per-tick storage).
+LAG_WINDOW = 60.0
+#: At most one "event loop stalled" warning per this many seconds (the rest are counted).
+STALL_LOG_EVERY = 10.0
+#: Message types counted by name; anything else a (validly signed) client sends
+#: is counted as "unknown", so a client cannot grow the metrics without bound.
+_COUNTED_TYPES = CLIENT_MESSAGE_TYPES
+
+
+class LoopLagMonitor:
+    """How late the worker's event loop runs, and a clock that skips its stalls.
+
+    A greenlet (`run`) sleeps `tick` seconds (interval / 4) over and over and
+    measures how late it wakes. Lateness up to `tolerance` (one tick) is
+    ordinary jitter; beyond that the loop was stalled, and the excess is added
+    to `stalled`. `now()` is monotonic time minus `stalled`, minus the stall
+    in progress (time past the next tick's due time + tolerance), so the clock
+    stands still while the loop is stuck whichever greenlet runs first
+    afterwards, and it never jumps back.
+
+    Pure bookkeeping apart from `run`: `observe(t)` is what a wake-up does,
+    tests call it with their own times.
+    """
+
+    __slots__ = ("interval", "tick", "tolerance", "clock", "stalled", "stalls", "ticks", "max_lag",
+                 "_due", "_cur_max", "_prev_max", "_window_start", "_last_warn", "_unlogged")
+
+    def __init__(self, interval: float, *, tick: Optional[float] = None, tolerance: Optional[float] = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.interval = float(interval)
+        self.tick = self.interval / LAG_TICKS_PER_INTERVAL if tick is None else float(tick)
+        self.tolerance = self.tick if tolerance is None else float(tolerance)
+        self.clock = clock
+        self.stalled = 0.0  # seconds the loop was stalled (beyond tolerance), in total
+        self.stalls = 0  # wake-ups later than one heartbeat interval
+        self.ticks = 0
+        self.max_lag = 0.0  # largest lateness ever seen
+        self._due = math.inf  # not running: no stall in progress, now() == clock()
+        self._cur_max = self._prev_max = 0.0
+        self._window_start = -math.inf
+        self._last_warn = -math.inf
+        self._unlogged = 0
+
+    def now(self) -> float:
+        """The lag-compensated clock (seconds, monotonic, never backwards)."""
+        t = self.clock()
+        behind = t - self._due - self.tolerance
+        return t - self.stalled - (behind if behind > 0.0 else 0.0)
+
+    def arm(self, t: float) -> None:
+        """The next wake-up is due `tick` after `t`."""
+        self._due = t + self.tick
+
+    def observe(self, t: float) -> float:
+        """The monitor woke at `t`: account for its lateness, arm the next tick; returns the lateness."""
+        lateness = t - self._due if self._due != math.inf else 0.0
+        if lateness < 0.0:
+            lateness = 0.0
+        excess = lateness - self.tolerance
+        if excess > 0.0:
+            self.stalled += excess
+        self.ticks += 1
+        if lateness > self.max_lag:
+            self.max_lag = lateness
+        if t - self._window_start >= LAG_WINDOW:
+            self._prev_max, self._cur_max, self._window_start = self._cur_max, 0.0, t
+        if lateness > self._cur_max:
+            self._cur_max = lateness
+        if lateness > self.interval:
+            self.stalls += 1
+            if t - self._last_warn >= STALL_LOG_EVERY:
+                log.warning(
+                    "event loop stalled %.2f s (heartbeat interval %.2f s): node liveness does not count it "
+                    "(%d more stalls since the last warning; %.1f s stalled in total)",
+                    lateness, self.interval, self._unlogged, self.stalled,
+                )
+                self._last_warn, self._unlogged = t, 0
+            else:
+                self._unlogged += 1
+        self._due = t + self.tick
+        return lateness
+
+    def recent_max_lag(self) -> float:
+        """The largest lateness of the current and the previous `LAG_WINDOW`."""
+        return max(self._cur_max, self._prev_max)
+
+    def run(self) -> None:
+        """The monitor greenlet."""
+        clock = self.clock
+        self.arm(clock())
+        try:
+            while True:
+                gevent.sleep(self.tick)
+                self.observe(clock())
+        finally:
+            self._due = math.inf
+
+
+class _TimerQueue:
+    """Every node timer on one heap, fired by one greenlet.
+
+    A greenlet per armed timer cost ~2.4 KB per node in rehab (10,000 nodes
+    coming online at once are all in rehab); a heap item costs ~150 B.
+    Cancelling marks the item dead (its entry slot set to None); dead items
+    are dropped when they come due, or all at once when they are the majority
+    (10,000 nodes going idle cancel 10,000 rehab timers)."""
+
+    #: compact the heap when more than this many items, and half of it, are dead
+    COMPACT_MIN_DEAD = 256
+
+    def __init__(self, fire: Callable[["NodeEntry", str, list], None]):
+        self._fire = fire
+        self._heap: list[list] = []
+        self._seq = 0
+        self._dead = 0
+        self._wake = _GEvent()
+
+    def arm(self, delay: float, entry: "NodeEntry", name: str) -> list:
+        self._seq += 1
+        item = [time.monotonic() + max(0.0, delay), self._seq, entry, name]
+        heapq.heappush(self._heap, item)
+        if self._heap[0] is item:
+            self._wake.set()
+        return item
+
+    def cancel(self, item: list) -> None:
+        if item[2] is None:
+            return
+        item[2] = None
+        self._dead += 1
+        heap = self._heap
+        if self._dead > self.COMPACT_MIN_DEAD and 2 * self._dead > len(heap):
+            heap[:] = [i for i in heap if i[2] is not None]  # in place: `run` holds the list
+            heapq.heapify(heap)
+            self._dead = 0
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def run(self) -> None:
+        heap = self._heap
+        while True:
+            fired = 0
+            now = time.monotonic()
+            while heap and heap[0][0] <= now:
+                item = heapq.heappop(heap)
+                entry = item[2]
+                if entry is None:
+                    self._dead -= 1
+                    continue
+                item[2] = None
+                try:
+                    self._fire(entry, item[3], item)
+                except Exception:
+                    log.exception("node timer %s failed", item[3])
+                fired += 1
+                if fired >= ROUTER_BATCH:  # 10,000 rehab timers due at once: let the loop breathe
+                    yield_to_loop()
+                    fired = 0
+                    now = time.monotonic()
+            self._wake.clear()
+            self._wake.wait(max(0.0, heap[0][0] - now) if heap else None)
 
 
 class JobSink(Protocol):
@@ -49,15 +230,18 @@ class JobSink(Protocol):
     def node_down(self, key: NodeKey) -> None: ...
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class NodeEntry:
-    """One node FSM plus what only the shell knows: org, sequence, timers."""
+    """One node FSM plus what only the shell knows: org, sequence, timers.
+
+    Slotted, and `timers` is None unless a timer is armed: 10,000 of these
+    live as long as their nodes are online."""
 
     org: str
     fsm: NodeFSM
     bound_id: bytes = b""  # the routing id `by_routing_id` maps to this entry
     sequence: int = 0
-    timers: dict[str, gevent.Greenlet] = field(default_factory=dict)
+    timers: Optional[dict[str, list]] = None  # name -> _TimerQueue item
 
     @property
     def key(self) -> NodeKey:
@@ -72,7 +256,10 @@ class NodeRegistry:
         session_key_for: Callable[[str, str], Optional[bytes]],
         send_frames: Callable[[bytes, list[bytes]], None],
         drop_counts: Counter,
+        clock: Optional[Callable[[], float]] = None,
     ):
+        """`clock` is the node FSMs' clock (seconds); by default the loop-lag
+        monitor's compensated monotonic clock (see the module docstring)."""
         self.settings = settings
         self.session_key_for = session_key_for
         self.send_frames = send_frames
@@ -82,18 +269,26 @@ class NodeRegistry:
         self.by_routing_id: dict[bytes, NodeEntry] = {}
         self.interval = settings.heartbeat_interval / 1000.0
         self.rehab_interval = settings.rehab_timer / 1000.0
-        self._scanner: Optional[gevent.Greenlet] = None
+        self._greenlets: list[gevent.Greenlet] = []
         self._last_drop_log: dict[str, float] = {}
-        self.received = 0
+        self._orgs: dict[str, str] = {}  # one string per org name, shared by its entries
+        self.lag = LoopLagMonitor(self.interval)
+        self.clock: Callable[[], float] = self.lag.now if clock is None else clock
+        self.timers = _TimerQueue(self._fire)
+        self.received = 0  # every ROUTER message, valid or not
+        self.received_by_type: Counter = Counter()  # messages that passed the §4.5 pipeline, by type
+        self.sent_by_type: Counter = Counter()
+        self.heartbeat_seconds = 0.0  # time spent in on_frames for valid heartbeats (perf_counter)
+        self.heartbeats_processed = 0
 
     # --- lifecycle -------------------------------------------------------
     def start(self) -> None:
-        self._scanner = gevent.spawn(self._scan_loop)
+        self._greenlets = [gevent.spawn(self.lag.run), gevent.spawn(self.timers.run),
+                           gevent.spawn(self._scan_loop)]
 
     def stop(self) -> None:
-        if self._scanner is not None:
-            self._scanner.kill(block=False)
-            self._scanner = None
+        gevent.killall(self._greenlets, block=False)
+        self._greenlets = []
         for e in list(self.entries.values()):
             self._cancel_all_timers(e)
         self.entries.clear()
@@ -137,17 +332,26 @@ class NodeRegistry:
         return self.session_key_for(org, node)
 
     def on_frames(self, routing_id: bytes, frames: list[bytes], now: Optional[float] = None) -> None:
-        """Entry point for every ROUTER message (the frames after the routing id)."""
+        """Entry point for every ROUTER message (the frames after the routing id).
+
+        `now` (wall clock, default `time.time()`) is for the §4.5 timestamp
+        check only; the node FSMs get `self.clock()`."""
         self.received += 1
+        t0 = time.perf_counter()
         try:
-            self._on_frames(routing_id, frames, time.time() if now is None else now)
+            mtype = self._on_frames(routing_id, frames, time.time() if now is None else now)
         except ProtocolError as e:
             self._drop(e.reason, routing_id, e.detail)
         except Exception as e:  # never raise out of the socket loop
             log.exception("command message from connection %s failed", routing_id.hex())
             self._drop("internal_error", routing_id, repr(e))
+        else:
+            if mtype == "heartbeat":
+                self.heartbeat_seconds += time.perf_counter() - t0
+                self.heartbeats_processed += 1
 
-    def _on_frames(self, routing_id: bytes, frames: list[bytes], now: float) -> None:
+    def _on_frames(self, routing_id: bytes, frames: list[bytes], now: float) -> Optional[str]:
+        """The pipeline and the FSM; returns the type of a message that got to its FSM."""
         body = signing.decode_frames(
             frames,
             self._key_for,
@@ -166,11 +370,16 @@ class NodeRegistry:
         bound = self.by_routing_id.get(routing_id)
         if bound is not None and bound.key != key:
             self._drop("node_mismatch", routing_id, f"connection of {bound.key} sent a message as {key}")
-            return
-        if body.get("type") not in CLIENT_MESSAGE_TYPES:
+            return None
+        mtype = body.get("type")
+        if mtype in _COUNTED_TYPES:
+            self.received_by_type[mtype] += 1
+        else:
             # Not a pipeline failure: the FSM logs and ignores it (§5.1), but
             # the metrics should show senders of unknown types.
+            self.received_by_type["unknown"] += 1
             self.drop_counts["unknown_type"] += 1
+        fsm_now = self.clock()
         entry = self.entries.get(key)
         if entry is None:
             incarnation = body.get("incarnation_id")
@@ -183,16 +392,18 @@ class NodeRegistry:
                 decay_window=self.settings.decay_window,
                 down_threshold=self.settings.down_threshold,
             )
+            org = self._orgs.setdefault(org, org)
             entry = NodeEntry(org, fsm, bound_id=routing_id)
-            self.entries[key] = entry
+            self.entries[(org, node)] = entry
             self.by_routing_id[routing_id] = entry
             log.info("node %s/%s online (incarnation %s)", org, node, fsm.incarnation_id)
-            self._execute(entry, fsm.start(now), now)
+            self._execute(entry, fsm.start(fsm_now))
         live: Container[str] = self.jobs.live if self.jobs is not None else ()
-        self._execute(entry, entry.fsm.message(body, routing_id, now, live), now)
+        self._execute(entry, entry.fsm.message(body, routing_id, fsm_now, live))
+        return mtype
 
     # --- carrying out node FSM actions ----------------------------------------
-    def _execute(self, entry: NodeEntry, actions: list, now: float) -> None:
+    def _execute(self, entry: NodeEntry, actions: list) -> None:
         for a in actions:
             if isinstance(a, A.Send):
                 self._send(entry, a.type, a.fields)
@@ -227,6 +438,7 @@ class NodeRegistry:
             log.warning("no session key for %s/%s; %s not sent", entry.org, entry.fsm.node, mtype)
             return
         entry.sequence += 1
+        self.sent_by_type[mtype] += 1
         body = {"sequence": entry.sequence, "timestamp": http_date(), "type": mtype}
         body.update(fields)
         raw = json.dumps(body, separators=(",", ":")).encode()
@@ -245,30 +457,37 @@ class NodeRegistry:
         e = self.entries.get(key)
         if e is None:
             return
-        now = time.time() if now is None else now
-        self._execute(e, e.fsm.rehab(now), now)
+        now = self.clock() if now is None else now
+        self._execute(e, e.fsm.rehab(now))
 
     def _arm(self, entry: NodeEntry, name: str, delay: float) -> None:
         self._cancel(entry, name)
-        entry.timers[name] = gevent.spawn_later(max(0.0, delay), self._fire, entry, name)
+        if entry.timers is None:
+            entry.timers = {}
+        entry.timers[name] = self.timers.arm(delay, entry, name)
 
     def _cancel(self, entry: NodeEntry, name: str) -> None:
-        g = entry.timers.pop(name, None)
-        if g is not None and g is not gevent.getcurrent():
-            g.kill(block=False)
+        if entry.timers is None:
+            return
+        item = entry.timers.pop(name, None)
+        if item is not None:
+            self.timers.cancel(item)
+        if not entry.timers:
+            entry.timers = None
 
     def _cancel_all_timers(self, entry: NodeEntry) -> None:
-        for name in list(entry.timers):
+        for name in list(entry.timers or ()):
             self._cancel(entry, name)
 
-    def _fire(self, entry: NodeEntry, name: str) -> None:
-        if entry.timers.get(name) is gevent.getcurrent():
+    def _fire(self, entry: NodeEntry, name: str, item: list) -> None:
+        if entry.timers is not None and entry.timers.get(name) is item:
             del entry.timers[name]
+            if not entry.timers:
+                entry.timers = None
         if self.entries.get(entry.key) is not entry:
             return
-        now = time.time()
         try:
-            self._execute(entry, entry.fsm.on_timer(name, now), now)
+            self._execute(entry, entry.fsm.on_timer(name, self.clock()))
         except Exception:
             log.exception("node %s/%s: timer %s failed", entry.org, entry.fsm.node, name)
 
@@ -289,13 +508,13 @@ class NodeRegistry:
     # --- liveness scanner ----------------------------------------------------
     def scan(self, now: Optional[float] = None) -> int:
         """Terminate every node whose heartbeat average decayed; returns how many died."""
-        now = time.time() if now is None else now
+        now = self.clock() if now is None else now
         died = 0
         for e in list(self.entries.values()):
             acts = e.fsm.check(now)
             if acts:
                 died += any(isinstance(a, A.Terminate) for a in acts)
-                self._execute(e, acts, now)
+                self._execute(e, acts)
         return died
 
     def _scan_loop(self) -> None:

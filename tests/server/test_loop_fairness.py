@@ -14,21 +14,34 @@ Before the fix, `_router_loop` called the green `recv_multipart()` which
 returns at once while messages are queued, so it never yielded: no heartbeat
 and no tick for the whole flood. `router_yields > 0` proves that the queue
 really stayed non-empty (full batches), i.e. that the flood was a flood.
+
+Then the other half of the fix: when the server itself was behind, node
+liveness must not count the lost time against the nodes (the loop-lag
+monitor and its compensated clock, `pushjobs.server.nodes.LoopLagMonitor`).
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 import subprocess
 import sys
 import threading
 import time
+import uuid
+from collections import Counter
 
 import gevent
 import pytest
 import zmq
 
+from pushjobs.protocol import signing
 from pushjobs.protocol.keys import generate_rsa_key
+from pushjobs.protocol.timestamps import http_date
 from pushjobs.server.broker import Broker
+from pushjobs.server.nodes import LoopLagMonitor, NodeRegistry
+from pushjobs.server.settings import Settings
 from tests.helpers.server import free_ports
 
 INTERVAL = 0.1  # s, server heartbeat
@@ -164,3 +177,121 @@ def test_a_flood_on_the_router_does_not_starve_heartbeats_or_other_greenlets(bro
     assert len(during) >= FLOOD_SECONDS / 0.05, f"a 10 ms greenlet ran only {len(during)} times in the flood"
     assert max(tick_gaps) < 3 * INTERVAL, f"greenlet starved for {max(tick_gaps):.3f} s"
     assert broker.router_yields > 10, "the queue never held a full batch: this was no flood"
+
+
+# --- the lag-compensated liveness clock ----------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self, t: float = 1000.0):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_lag_monitor_jitter_is_not_a_stall_and_a_stall_is_skipped_by_the_clock():
+    clock = FakeClock()
+    lag = LoopLagMonitor(1.0, clock=clock)  # tick = tolerance = 0.25 s
+    assert lag.now() == clock.t  # not running yet: the plain clock
+    lag.arm(clock.t)
+    clock.t += 0.25 + 0.1  # 0.1 s late: jitter
+    assert lag.observe(clock.t) == pytest.approx(0.1)
+    assert lag.stalled == 0 and lag.stalls == 0 and lag.now() == clock.t
+    before = lag.now()
+    clock.t += 0.25 + 3.0  # the loop was stuck for 3 s
+    # a heartbeat processed before the monitor's late wake-up already sees the frozen clock
+    assert lag.now() == pytest.approx(before + 0.25 + 0.25)
+    assert lag.observe(clock.t) == pytest.approx(3.0)
+    assert lag.stalled == pytest.approx(2.75) and lag.stalls == 1
+    assert lag.now() == pytest.approx(before + 0.5)  # continuous across the wake-up: never backwards
+    assert lag.recent_max_lag() == pytest.approx(3.0) and lag.max_lag == pytest.approx(3.0)
+    clock.t += 0.25
+    lag.observe(clock.t)
+    assert lag.now() == pytest.approx(before + 0.75)  # and runs on at full speed afterwards
+
+
+def test_a_stalled_loop_counts_and_warns(caplog):
+    clock = FakeClock()
+    lag = LoopLagMonitor(0.1, clock=clock)
+    lag.arm(clock.t)
+    with caplog.at_level(logging.WARNING, logger="pushjobs.server.nodes"):
+        for _ in range(3):
+            clock.t += 0.025 + 0.5
+            lag.observe(clock.t)
+    assert lag.stalls == 3
+    warnings = [r for r in caplog.records if "event loop stalled" in r.getMessage()]
+    assert len(warnings) == 1, "one warning, the next two stalls are counted for the next one"
+
+
+def _frames(name: str, key: bytes, incarnation: str, mtype: str) -> list[bytes]:
+    body = {"node": name, "client": name, "org": "acme", "type": mtype, "sequence": 1, "timestamp": http_date(),
+            "incarnation_id": incarnation, "job_id": None, "protocol_version": "2.0"}
+    if mtype == "heartbeat":
+        body["job_state"] = "idle"
+    return signing.encode_frames(json.dumps(body).encode(), signing.HMAC_SHA256, key)
+
+
+class DownSink:
+    """The job coordinator's side of the registry: records every node declared down."""
+
+    live: frozenset = frozenset()
+
+    def __init__(self) -> None:
+        self.down: list[tuple[str, str]] = []
+
+    def node_message(self, job_id: str, key: tuple[str, str], mtype: str, body: dict) -> None:
+        pass
+
+    def node_down(self, key: tuple[str, str]) -> None:
+        self.down.append(key)
+
+
+def test_a_server_stall_is_not_counted_against_nodes_but_a_silent_node_still_dies():
+    """Real registry, real greenlets and clock (100 ms heartbeat): the worker blocks for 6
+    intervals; the heartbeats the nodes sent meanwhile are processed afterwards (as a ROUTER
+    backlog would be). No node is declared down. Then a node that really stops is."""
+    keys = {n: os.urandom(32) for n in ("a", "b")}
+    inc = {n: str(uuid.uuid4()) for n in keys}
+    reg = NodeRegistry(settings=Settings(heartbeat_interval=100, rehab_timer=100),
+                       session_key_for=lambda org, node: keys.get(node) if org == "acme" else None,
+                       send_frames=lambda rid, frames: None, drop_counts=Counter())
+    reg.jobs = sink = DownSink()
+    reg.start()
+    beating = {"a", "b"}
+    feeder_g = None
+    try:
+        for n in keys:
+            reg.on_frames(n.encode(), _frames(n, keys[n], inc[n], "heartbeat"))
+            reg.on_frames(n.encode(), _frames(n, keys[n], inc[n], "aborted"))
+        assert all(reg.is_available(("acme", n)) for n in keys)
+
+        def feeder() -> None:
+            last = time.monotonic()
+            while True:
+                now = time.monotonic()
+                due = max(1, int((now - last) / INTERVAL))  # beats sent while this greenlet could not run
+                last = now
+                for n in sorted(beating):
+                    for _ in range(due):
+                        reg.on_frames(n.encode(), _frames(n, keys[n], inc[n], "heartbeat"))
+                gevent.sleep(INTERVAL)
+
+        feeder_g = gevent.spawn(feeder)
+        gevent.sleep(5 * INTERVAL)
+        gevent.spawn(time.sleep, 6 * INTERVAL).join()  # the whole worker is stuck (a blocking call)
+        gevent.sleep(8 * INTERVAL)  # long enough for the liveness average to have died 2x over
+        assert reg.lag.stalls >= 1 and reg.lag.stalled >= 4 * INTERVAL
+        assert sink.down == [], "a stall of the server itself was counted against the nodes"
+        assert all(reg.is_available(("acme", n)) for n in keys)
+
+        beating.discard("b")  # b really goes silent
+        t_silent = time.monotonic()
+        gwait(lambda: sink.down, 20 * INTERVAL, "the silent node to be declared down")
+        assert time.monotonic() - t_silent >= 2 * INTERVAL
+        assert sink.down == [("acme", "b")] and ("acme", "b") not in reg.entries
+        assert reg.is_available(("acme", "a"))
+    finally:
+        if feeder_g is not None:
+            feeder_g.kill()
+        reg.stop()

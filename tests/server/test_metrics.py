@@ -21,6 +21,10 @@ FAMILIES = {
     "pushjobs_command_messages_received", "pushjobs_messages_dropped", "pushjobs_server_heartbeats_sent",
     "pushjobs_zap_denied", "pushjobs_jobs_live", "pushjobs_db_write_queue", "pushjobs_jobs",
     "pushjobs_job_duration_seconds", "process_cpu_seconds", "process_resident_memory_bytes",
+    # the runtime counters of metrics.OPTIONAL_RUNTIME_COUNTERS, and the event loop's health
+    "pushjobs_messages_received_by_type", "pushjobs_messages_sent_by_type", "pushjobs_heartbeat_processing_seconds",
+    "pushjobs_event_loop_lag_seconds", "pushjobs_event_loop_stalls", "pushjobs_event_loop_stalled_seconds",
+    "pushjobs_command_router_full_batches",
 }
 
 
@@ -84,6 +88,22 @@ def test_values_move_with_a_node_a_forged_message_and_a_job(srv):
         assert value(m, "pushjobs_command_messages_received", received) > \
             value(before, "pushjobs_command_messages_received", received)
 
+        # messages in and out by type: the node's first heartbeat got an abort, its aborted made it idle
+        by_type = "pushjobs_messages_received_by_type"
+        m = wait_for(lambda: (lambda s: s if value(s, by_type, by_type + "_total", type="heartbeat") >= 3
+                              else None)(scrape(srv)), timeout=5, message="heartbeats counted by type")
+        assert value(m, by_type, by_type + "_total", type="aborted") >= 1
+        assert value(m, "pushjobs_messages_sent_by_type", "pushjobs_messages_sent_by_type_total", type="abort") >= 1
+        assert value(m, by_type, by_type + "_total", type="unknown") == 0
+        # heartbeat processing time: a summary (count, sum) fed by the registry itself
+        hb = "pushjobs_heartbeat_processing_seconds"
+        count, total = value(m, hb, hb + "_count"), value(m, hb, hb + "_sum")
+        assert count >= 3 and count <= value(m, by_type, by_type + "_total", type="heartbeat")
+        assert 0 < total / count < 0.05, f"{total / count:.6f} s per heartbeat"
+        # an idle test server: the loop is not stalled (the gauge is the largest lag of the last minute)
+        assert 0 <= value(m, "pushjobs_event_loop_lag_seconds") < 5
+        assert value(m, "pushjobs_event_loop_stalls", "pushjobs_event_loop_stalls_total") >= 0
+
         # a heartbeat signed with the wrong key: dropped and counted as bad_signature
         dropped = "pushjobs_messages_dropped_total"
         bad_before = value(m, "pushjobs_messages_dropped", dropped, reason="bad_signature")
@@ -91,6 +111,12 @@ def test_values_move_with_a_node_a_forged_message_and_a_job(srv):
         wait_for(lambda: value(scrape(srv), "pushjobs_messages_dropped", dropped,
                                reason="bad_signature") == bad_before + 1,
                  timeout=5, message="bad_signature drop to be counted")
+        # a validly signed message of a type that does not exist: counted as "unknown", not by its name
+        node.send("no_such_type", job_id=None)
+        wait_for(lambda: value(scrape(srv), "pushjobs_messages_received_by_type",
+                               "pushjobs_messages_received_by_type_total", type="unknown") == 1,
+                 timeout=5, message="unknown message type counted")
+        assert not any("no_such_type" in str(k) for k in scrape(srv)["pushjobs_messages_received_by_type"])
 
         # a job: jobs{status=complete} and the duration histogram move
         job_id = http.create_job("chef-client", ["m1"])
