@@ -19,6 +19,11 @@ what the server spends: `time.process_time()` around `client.get()`. That
 includes the test client's own environ building and response parsing: the
 `_status` row (unauthenticated, no database) is that floor plus Flask's.
 
+`--server` sends the same pre-signed requests to a real push-jobs-server
+(gunicorn + gevent, tests/helpers/server.py) over loopback HTTP with
+keep-alive and reads the server's CPU from /proc: what the in-process
+numbers leave out (HTTP parsing, gevent, logging).
+
 `--loop S` runs one endpoint for S seconds after the measurement, for
 py-spy (`py-spy record --pid PID` or `py-spy top`); `--cprofile` prints the
 top functions of each endpoint. `--doc` appends the table to
@@ -239,6 +244,87 @@ def loop(b: Bench, ep: Endpoint, seconds: float) -> int:
     return n
 
 
+# ---------------------------------------------------------------------------
+# --server: the same requests against a real push-jobs-server (gunicorn + gevent)
+
+
+def run_server(a: argparse.Namespace) -> tuple[list[Result], str]:
+    """Real HTTP on loopback, keep-alive, one client thread; the server's CPU from /proc.
+
+    What the in-process numbers leave out: gunicorn/gevent's HTTP parsing and
+    writing, logging, the gevent hub. The registry is empty here (no fleet), so
+    node_states lists no node: its row is the per-request cost without the
+    list; node_states with N nodes is measured in-process."""
+    from pathlib import Path
+
+    import requests
+
+    from pushjobs.server import store
+    from pushjobs.server.settings import Settings
+    from tests.helpers.server import ServerProcess
+    from tests.perf import procstat
+
+    tmp = tempfile.mkdtemp(prefix="pushjobs-bench-api-server-")
+    cleanup: list = []
+    url = None if a.db == "sqlite" else database_url(a.db, tmp, cleanup)
+    server = ServerProcess(Path(tmp) / "server", database_url=url, heartbeat_interval=1000,
+                           settings={"log_level": "warning"})
+    try:
+        server.start()
+        server.create_org(ORG)
+        user = server.create_user(USER, ORG, admin=True)
+        node_key_path = Path(tmp) / "nodes.pem"
+        server.ctl("client-create", "--org", ORG, "--count", str(a.nodes), "--prefix", PREFIX,
+                   "--key-out", str(node_key_path))
+        node_key = keys.load_private_key(node_key_path.read_text())
+        job_id = uuid.uuid4().hex
+        settings = Settings(data_dir=str(server.data_dir), database_url=server.database_url, server_name="127.0.0.1")
+        store.open_database(settings, migrate=False)
+        try:
+            with store.db.connection_context(), store.db.atomic():
+                from pushjobs.server import identity
+
+                org = identity.get_org(ORG)
+                now = store.utcnow()
+                store.Job.create(id=job_id, org=org, command="chef-client", status="complete", run_timeout=3600,
+                                 quorum=a.nodes, requestor=USER, created_at=now, updated_at=now)
+                rows = [{"job": job_id, "node_name": f"{PREFIX}{i}", "status": "succeeded", "created_at": now,
+                         "updated_at": now} for i in range(1, a.nodes + 1)]
+                for i in range(0, len(rows), 100):
+                    store.JobNode.insert_many(rows[i:i + 100]).execute()
+        finally:
+            store.close_database()
+        fake = Bench(app=None, client=None, runtime=None, node_key=node_key, user_key=user.private_key,
+                     job_id=job_id, nodes=a.nodes, tmp=tmp)
+        eps = _select(endpoints(fake, a.distinct, a.sign_version), a.only)
+        http = requests.Session()
+        pids = [server.pid] + procstat.children(server.pid)
+        results = []
+        for ep in eps:
+            for path, headers in ep.requests[:20]:
+                http.get(server.base_url + path, headers=headers)
+            statuses: Counter = Counter()
+            before = sum(procstat.sample(pid).cpu for pid in pids)
+            for i in range(a.requests):
+                path, headers = ep.requests[i % len(ep.requests)]
+                statuses[http.get(server.base_url + path, headers=headers).status_code] += 1
+            used = sum(procstat.sample(pid).cpu for pid in pids) - before
+            results.append(Result(ep.name, a.requests, 1e6 * used / a.requests, 0.0, 0.0, statuses))
+        http.close()
+        return results, f"server pid {server.pid} (+ worker {pids[1:]})"
+    finally:
+        server.stop()
+        for fn in reversed(cleanup):
+            fn()
+
+
+def _select(eps: list[Endpoint], only: str) -> list[Endpoint]:
+    if not only:
+        return eps
+    wanted = tuple(x.strip() for x in only.split(",") if x.strip())
+    return [e for e in eps if e.name.startswith(wanted)]
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tests.perf.bench_api", description=__doc__.split("\n\n")[0])
     p.add_argument("--nodes", type=int, default=1000, help="clients in the org, live nodes, nodes of the job")
@@ -252,15 +338,24 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--cprofile", action="store_true", help="print each endpoint's top functions")
     p.add_argument("--loop", type=float, default=0.0, help="then loop the (first selected) endpoint this long")
     p.add_argument("--doc", action="store_true", help="append the table to docs/performance.md")
+    p.add_argument("--server", action="store_true",
+                   help="against a real push-jobs-server over loopback HTTP (server CPU from /proc, 10 ms ticks)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     t0 = time.perf_counter()
+    if a.server:
+        from tests.perf.harness import table
+
+        results, where = run_server(a)
+        print(f"set-up and run {time.perf_counter() - t0:.1f} s: {where}", flush=True)
+        print(table(["endpoint", "nodes", "db", "requests", "server CPU µs/request", "req/s at 1 core", "statuses"],
+                    [[r.name, a.nodes, a.db, r.count, r.cpu_us, 1e6 / max(r.cpu_us, 1.0),
+                      json.dumps(dict(r.statuses))] for r in results]), flush=True)
+        return 1 if any(set(r.statuses) != {200} for r in results) else 0
     b = build(a.nodes, a.db)
     try:
         eps = endpoints(b, a.distinct, a.sign_version)
-        if a.only:
-            wanted = tuple(x.strip() for x in a.only.split(",") if x.strip())
-            eps = [e for e in eps if e.name.startswith(wanted)]
+        eps = _select(eps, a.only)
         print(f"set-up {time.perf_counter() - t0:.1f} s: {a.nodes} nodes on {a.db}, pid {os.getpid()}", flush=True)
         results = [measure(b, ep, a.requests, False) for ep in eps]
         bad = [r for r in results if set(r.statuses) != {200}]
