@@ -84,3 +84,56 @@ def test_roundtrip_with_private_encrypt_of_every_length():
 def test_another_keys_signature_is_none():
     other = keys.generate_rsa_key()
     assert keys.rsa_public_decrypt(other.public_key(), keys.rsa_private_encrypt(KEY, b"hello")) is None
+
+
+# ---------------------------------------------------------------------------
+# rsa_private_encrypt: libcrypto when present, the same bytes as the Python path
+
+
+def test_private_encrypt_is_the_python_computation_bit_for_bit():
+    assert keys._openssl is not None, "libcrypto not found: signing falls back to pure Python (8x slower)"
+    pn = KEY.private_numbers()
+    for n in (0, 1, 20, 35, 150, K - 11):
+        data = (b"Method:GET\nHashed Path:" * 20)[:n]
+        assert keys.rsa_private_encrypt(KEY, data) == keys._py_private_encrypt(pn, data, K)
+
+
+def test_private_encrypt_with_more_keys_than_the_cache_and_from_threads():
+    import threading
+
+    many = [keys.generate_rsa_key(1024) for _ in range(3)]
+    old_max = keys._OpenSSLPrivateEncrypt.MAX_KEYS
+    keys._OpenSSLPrivateEncrypt.MAX_KEYS = 1  # the others take the per-call path
+    errors: list = []
+
+    def sign_all() -> None:
+        try:
+            for _ in range(5):
+                for k in many:
+                    sig = keys.rsa_private_encrypt(k, b"hello")
+                    assert sig == keys._py_private_encrypt(k.private_numbers(), b"hello", 128)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    try:
+        threads = [threading.Thread(target=sign_all) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    finally:
+        keys._OpenSSLPrivateEncrypt.MAX_KEYS = old_max
+    assert errors == []
+
+
+def test_pure_python_fallback_when_asked():
+    import os
+    import subprocess
+    import sys
+
+    code = ("from pushjobs.protocol import keys; k = keys.generate_rsa_key(1024); "
+            "assert keys._openssl is None; s = keys.rsa_private_encrypt(k, b'x'); "
+            "assert keys.rsa_public_decrypt(k.public_key(), s) == b'x'; print('ok')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PUSHJOBS_PURE_PYTHON_RSA": "1"})
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
