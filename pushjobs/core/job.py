@@ -17,6 +17,11 @@ Rules of this file:
   bulk=True)` and no event (S15).
 * Quorum is an absolute count, evaluated only when no node is `new` (S19: no
   early start).
+* Every node message costs O(1), whatever the job's size: `_set_node` is the
+  ONE place that changes a job-node status, and it keeps a count per status,
+  so "is any node still `new`?" / "is any node ready or running?" are
+  lookups, not scans (a scan per message made a 10,000-node job 10^8 steps).
+  `nodes` is a read-only view for the same reason.
 
 Job statuses: `new` → `voting` → `running` → `complete` | `timed_out`;
 `voting` → `quorum_failed`; `voting`/`running` → `aborted` (ours, D9);
@@ -28,7 +33,9 @@ lingers `wait_complete_time`).
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Container, Mapping, Optional, Sequence
 
 from pushjobs.core.actions import (
@@ -237,10 +244,25 @@ class JobFSM:
         self.voting_timeout = voting_timeout
         self.server_name = server_name
         self.status = NEW
-        #: job-node statuses, in the job's node order
-        self.nodes: dict[str, str] = {n: N_NEW for n in spec.nodes}
+        self._nodes: dict[str, str] = {n: N_NEW for n in spec.nodes}
+        self._counts: Counter[str] = Counter({N_NEW: len(self._nodes)} if self._nodes else {})
 
     # --- queries ------------------------------------------------------------
+
+    @property
+    def nodes(self) -> Mapping[str, str]:
+        """Job-node statuses in the job's node order (read-only: `_set_node`
+        changes them, so that the per-status counts stay right)."""
+        return MappingProxyType(self._nodes)
+
+    def count(self, status: str) -> int:
+        """How many of the job's nodes have job-node status `status` (O(1))."""
+        return self._counts[status]
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Job-node status -> number of nodes, without zero entries."""
+        return {k: v for k, v in self._counts.items() if v}
 
     @property
     def finished(self) -> bool:
@@ -263,10 +285,10 @@ class JobFSM:
         self.status = VOTING_S
         out.append(SetJobStatus(VOTING_S))
         fields = self.spec.commit_fields(self.server_name)
-        for n in self.nodes:
+        for n in self._nodes:
             out.append(Send(n, "commit", dict(fields)))
         out.append(ArmTimer(VOTING_TIMER, self.voting_timeout))
-        down = [n for n in self.nodes if n not in available]
+        down = [n for n in self._nodes if n not in available]
         for n in down:
             if self.status != VOTING_S:
                 break
@@ -280,7 +302,7 @@ class JobFSM:
         `succeeded`, `failed`, `aborted`) forwarded to this job. Messages from
         nodes outside the job, of other types, or after the job finished are
         ignored."""
-        if node not in self.nodes:
+        if node not in self._nodes:
             log.info("job %s: %s from %s, which is not in the job: ignored", self.job_id, type, node)
             return []
         if self.status == VOTING_S:
@@ -302,20 +324,16 @@ class JobFSM:
         are ignored."""
         if name == VOTING_TIMER and self.status == VOTING_S:
             out: list[Action] = []
-            for n, st in self.nodes.items():
-                if st == N_NEW:
-                    out.append(Emit("quorum_vote", {"node": n, "status": "voting_timeout"}))
-                    self.nodes[n] = N_UNAVAILABLE
-                    out.append(SetNodeStatus(n, N_UNAVAILABLE))
-                    out.append(Rehab(n, bulk=True))
+            for n in [n for n, st in self._nodes.items() if st == N_NEW]:
+                out.append(Emit("quorum_vote", {"node": n, "status": "voting_timeout"}))
+                out.append(self._set_node(n, N_UNAVAILABLE))
+                out.append(Rehab(n, bulk=True))
             return out + self._check_votes()
         if name == RUN_TIMER and self.status == RUNNING_S:
             out = []
-            for n, st in self.nodes.items():
-                if st in (N_READY, N_RUNNING):
-                    self.nodes[n] = N_TIMED_OUT
-                    out.append(SetNodeStatus(n, N_TIMED_OUT))
-                    out.append(Rehab(n, bulk=True))
+            for n in [n for n, st in self._nodes.items() if st in (N_READY, N_RUNNING)]:
+                out.append(self._set_node(n, N_TIMED_OUT))
+                out.append(Rehab(n, bulk=True))
             return out + self._finish(TIMED_OUT)
         return []
 
@@ -326,12 +344,10 @@ class JobFSM:
         if self.finished:
             return []
         out: list[Action] = []
-        for n, st in self.nodes.items():
-            if st not in NODE_TERMINAL:
-                if self.status != NEW:  # nothing was sent to the nodes yet
-                    out.append(Send(n, "abort", {}))
-                self.nodes[n] = N_ABORTED
-                out.append(SetNodeStatus(n, N_ABORTED))
+        for n in [n for n, st in self._nodes.items() if st not in NODE_TERMINAL]:
+            if self.status != NEW:  # nothing was sent to the nodes yet
+                out.append(Send(n, "abort", {}))
+            out.append(self._set_node(n, N_ABORTED))
         return out + self._finish(ABORTED)
 
     def crash(self, now: float) -> list[Action]:
@@ -350,18 +366,24 @@ class JobFSM:
             out.append(CancelTimer(VOTING_TIMER))
         elif was == RUNNING_S:
             out.append(CancelTimer(RUN_TIMER))
-        for n, st in self.nodes.items():
-            if st not in NODE_TERMINAL:
-                self.nodes[n] = N_CRASHED
-                out.append(SetNodeStatus(n, N_CRASHED))
+        for n in list(self._nodes):
+            if self._nodes[n] not in NODE_TERMINAL:
+                out.append(self._set_node(n, N_CRASHED))
             out.append(Rehab(n, bulk=True))
         out.append(Finished(CRASHED))
         return out
 
     # --- the few lines that apply the tables --------------------------------
 
+    def _set_node(self, node: str, status: str) -> SetNodeStatus:
+        """THE place a job-node status changes: the map, the counts, the action."""
+        self._counts[self._nodes[node]] -= 1
+        self._counts[status] += 1
+        self._nodes[node] = status
+        return SetNodeStatus(node, status)
+
     def _column(self, node: str) -> str:
-        st = self.nodes[node]
+        st = self._nodes[node]
         return TERMINAL if st in NODE_TERMINAL else st
 
     def _voting_event(self, node: str, event: str, body: Optional[Mapping[str, Any]] = None) -> list[Action]:
@@ -381,10 +403,9 @@ class JobFSM:
         for step in cell:
             kind = step[0]
             if kind == "set":
-                if self.nodes[node] in NODE_TERMINAL:  # §9.2: terminal never changes
+                if self._nodes[node] in NODE_TERMINAL:  # §9.2: terminal never changes
                     continue
-                self.nodes[node] = step[1]
-                out.append(SetNodeStatus(node, step[1]))
+                out.append(self._set_node(node, step[1]))
             elif kind == "vote":
                 out.append(Emit("quorum_vote", {"node": node, "status": step[1]}))
             elif kind == "rehab":
@@ -402,9 +423,10 @@ class JobFSM:
 
     def _check_votes(self) -> list[Action]:
         """After every voting event: decide once no node is `new`."""
-        if self.status != VOTING_S or any(st == N_NEW for st in self.nodes.values()):
+        if self.status != VOTING_S or self._counts[N_NEW]:
             return []
-        ready = [n for n, st in self.nodes.items() if st == N_READY]
+        # Reached once per job (the status changes below): one scan is fine.
+        ready = [n for n, st in self._nodes.items() if st == N_READY]
         out: list[Action] = []
         if len(ready) >= self.quorum:
             out.append(Emit("quorum_succeeded", {}))
@@ -416,14 +438,13 @@ class JobFSM:
             out.append(ArmTimer(RUN_TIMER, max(0, self.spec.run_timeout)))
             return out + self._check_done()
         for n in ready:
-            self.nodes[n] = N_WAS_READY
-            out.append(SetNodeStatus(n, N_WAS_READY))
+            out.append(self._set_node(n, N_WAS_READY))
             out.append(Rehab(n, bulk=True))
         return out + self._finish(QUORUM_FAILED)
 
     def _check_done(self) -> list[Action]:
         """After every running event: complete once no node is ready/running."""
-        if self.status != RUNNING_S or any(st in (N_READY, N_RUNNING) for st in self.nodes.values()):
+        if self.status != RUNNING_S or self._counts[N_READY] or self._counts[N_RUNNING]:
             return []
         return self._finish(COMPLETE)
 

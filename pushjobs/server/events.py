@@ -50,14 +50,15 @@ class Event:
     data: dict
     wire: str  # the serialized event, "event: ..\nid: ..\ndata: ..\n\n"
     at: float  # wall-clock time of the event (monotonic ordering, pruning)
+    data_json: str = ""  # `data` serialized (the audit trail stores it: one json.dumps per event)
 
 
 def make_event(name: str, event_id: str, t: float, fields: Iterable[tuple[str, Any]]) -> Event:
     data: dict = {"timestamp": sse_timestamp(t)}
     for k, v in fields:
         data[k] = v
-    wire = format_event(name, event_id, json.dumps(data, separators=(",", ":")))
-    return Event(name, event_id, data, wire, t)
+    data_json = json.dumps(data, separators=(",", ":"))
+    return Event(name, event_id, data, format_event(name, event_id, data_json), t, data_json)
 
 
 @dataclass

@@ -652,3 +652,91 @@ def test_crash_while_running_rehabs_every_node_and_emits_nothing():
 def test_crash_while_voting_cancels_the_voting_timer():
     j = started(("a",))
     assert j.crash(1.0)[:2] == [SetJobStatus("crashed"), CancelTimer("voting")]
+
+
+# --- per-status counts: every message O(1) (issue #8) -------------------------------------------------
+
+
+def test_status_counts_match_a_recount_in_random_runs():
+    from collections import Counter
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as s
+
+    events = s.lists(
+        s.tuples(
+            s.sampled_from(["a", "b", "c", "d", "zz", None]),
+            s.sampled_from(
+                ["ack_commit", "nack_commit", "ack_run", "nack_run", "succeeded", "failed", "aborted", "down",
+                 "voting", "run", "abort", "crash"]
+            ),
+        ),
+        max_size=40,
+    )
+
+    @settings(max_examples=200, deadline=None)
+    @given(events, s.sets(s.sampled_from(["a", "b", "c", "d"])), s.sampled_from([None, 0, 1, 2, 3, 4, 5]),
+           s.booleans())
+    def check(evs, available, quorum, start):
+        j = JobFSM(spec(("a", "b", "c", "d"), quorum=quorum))
+        if start:
+            j.start(available, 0.0)
+        assert j.counts == dict(Counter(j.nodes.values()))
+        for node, ev in evs:
+            if ev == "abort":
+                j.abort(1.0)
+            elif ev == "crash":
+                j.crash(1.0)
+            elif node is None or ev in ("voting", "run"):
+                j.on_timer(ev, 1.0)
+            elif ev == "down":
+                j.down(node, 1.0)
+            else:
+                j.message(node, ev, BODY, 1.0)
+            recount = Counter(j.nodes.values())
+            assert j.counts == dict(recount)
+            for status in ("new", "ready", "running", "succeeded", "unavailable", "bogus"):
+                assert j.count(status) == recount[status]
+            assert sum(j.counts.values()) == 4
+
+    check()
+
+
+def test_nodes_is_a_read_only_view():
+    j = started()
+    with pytest.raises(TypeError):
+        j.nodes["a"] = "succeeded"  # type: ignore[index]
+    assert j.nodes == {"a": "new", "b": "new"} and j.counts == {"new": 2}
+
+
+class _ScanCountingDict(dict):
+    """A dict that counts whole-map scans (the FSM's node map, swapped in by a test)."""
+
+    scans = 0
+
+    def values(self):
+        type(self).scans += 1
+        return super().values()
+
+    def items(self):
+        type(self).scans += 1
+        return super().items()
+
+    def __iter__(self):
+        type(self).scans += 1
+        return super().__iter__()
+
+
+def test_node_messages_never_scan_the_node_map():
+    # O(1) per message: a whole lifecycle of 300 nodes scans the map a fixed
+    # number of times (the one quorum decision), not once per message
+    # (the old per-message scans made a 10,000-node job 10^8 steps).
+    names = [f"n{i}" for i in range(300)]
+    j = started(names)
+    j._nodes = _ScanCountingDict(j._nodes)
+    _ScanCountingDict.scans = 0
+    for ev in ("ack_commit", "ack_run", "succeeded"):
+        for x in names:
+            j.message(x, ev, {}, 1.0)
+    assert j.status == "complete" and j.counts == {"succeeded": 300}
+    assert _ScanCountingDict.scans <= 2
