@@ -35,6 +35,21 @@ Life of a session (PROTOCOL.md §2, §3, §6, with the fixes C3, C8, C11):
 * Every incoming message is verified (signature, and timestamp in both
   directions: |now - ts| < max_message_skew, C3); anything malformed is
   dropped and logged.
+
+Public extension points (keyword arguments of `NodeSession`; the agent uses
+the defaults, the fleet simulator replaces them to run thousands of sessions
+in one process; docs/agent.md "Extension points"):
+
+* `context`: what the session's sockets come from (anything with
+  `.socket(type)`; default the loop's ZeroMQ context).
+* `address_check(config)`: a reason to refuse the server's ZeroMQ addresses
+  before connecting (the session then logs it and stops), or None.
+* `codec`: a `MessageCodec` that builds outgoing and verifies incoming
+  frames (`encode`/`decode`); subclasses may skip work, never checks.
+* `heartbeats`: a `HeartbeatScheduler` that calls `session.beat()` every
+  interval (default `TimerHeartbeats`: one loop timer per session).
+* `http`: the `ChefHTTP` client of the config handshake (default: one per
+  session, from the identity and options; a fleet shares one keep-alive pool).
 """
 
 from __future__ import annotations
@@ -125,6 +140,95 @@ class SessionOptions:
                    max_body_size=settings.max_body_size, report_facts=settings.report_facts)
 
 
+class MessageCodec:
+    """Builds a session's outgoing frames and verifies its incoming ones (an extension point).
+
+    Stateless: one instance may serve many sessions. The default is the
+    agent's: a validated message object per message (`client_message`),
+    signed with the session key (or the client key for a 1.x server), and
+    the full receive pipeline (header, size, signature, timestamp skew).
+    """
+
+    def encode(self, session: "NodeSession", msg_type: str, fields: dict[str, Any]) -> list[bytes]:
+        """`[header, body]` of a client message; takes the next sequence number.
+        Raises ProtocolError for fields the message type does not allow."""
+        config = session.config
+        assert config is not None
+        common = {
+            "node": session.node, "client": session.identity.client_name, "org": session.identity.org,
+            "sequence": session.next_sequence(), "timestamp": http_date(session.wall_clock()),
+            "incarnation_id": session.incarnation_id,
+        }
+        if msg_type in ("succeeded", "failed") and ("stdout" in fields or "stderr" in fields):
+            rest = {k: v for k, v in fields.items() if k not in ("stdout", "stderr")}
+
+            def build(out: Optional[str], err: Optional[str]) -> bytes:
+                extra = {}
+                if out is not None:
+                    extra["stdout"] = out
+                if err is not None:
+                    extra["stderr"] = err
+                return client_message(msg_type, **common, **rest, **extra).to_body()
+
+            body = fit_output(build, fields.get("stdout"), fields.get("stderr"),
+                              session.options.max_body_size)
+        else:
+            body = client_message(msg_type, **common, **fields).to_body()
+        if config.session_key is not None:
+            return encode_frames(body, HMAC_SHA256, config.session_key)
+        return encode_frames(body, RSA2048_SHA1, session.identity.private_key)  # 1.x legacy
+
+    def decode(self, session: "NodeSession", frames: list[bytes], channel: str) -> dict[str, Any]:
+        """The verified body of `frames` received on `channel` ("heartbeat" or "command");
+        raises ProtocolError for anything that is not a valid, fresh, signed message."""
+        config = session.config
+        assert config is not None
+        keys = {RSA2048_SHA1: config.public_key, HMAC_SHA256: config.session_key}
+        if len(frames) != 2:
+            raise ProtocolError("frame_count", f"{len(frames)} frames, expected 2")
+        method = parse_header(frames[0]).method
+        return decode_frames(frames, lambda _body: keys.get(method),
+                             max_body_size=session.options.max_incoming_body,
+                             max_skew=config.max_message_skew, now=session.wall_clock(),
+                             methods=(HMAC_SHA256, RSA2048_SHA1))
+
+
+class HeartbeatScheduler(Protocol):
+    """Calls `session.beat()` every `interval` s while the session wants it (an extension point)."""
+
+    def schedule(self, session: "NodeSession", delay: float) -> None:
+        """Call `session.beat()` once, `delay` s from now (replacing an earlier schedule)."""
+
+    def cancel(self, session: "NodeSession") -> None:
+        """Forget the session's pending beat (unknown sessions are ignored)."""
+
+
+class TimerHeartbeats:
+    """The default `HeartbeatScheduler`: one loop timer per session."""
+
+    def __init__(self) -> None:
+        self._timers: dict["NodeSession", TimerHandle] = {}
+
+    def schedule(self, session: "NodeSession", delay: float) -> None:
+        old = self._timers.pop(session, None)
+        if old is not None:
+            old.cancel()
+
+        def fire() -> None:
+            self._timers.pop(session, None)
+            session.beat()
+
+        self._timers[session] = session.loop.call_later(delay, fire)
+
+    def cancel(self, session: "NodeSession") -> None:
+        t = self._timers.pop(session, None)
+        if t is not None:
+            t.cancel()
+
+
+DEFAULT_CODEC = MessageCodec()
+
+
 class JobHandler(Protocol):
     """What a session delegates job messages to (the agent's runner, or a simulator's)."""
 
@@ -209,8 +313,17 @@ class NodeSession:
                  options: Optional[SessionOptions] = None, *,
                  facts: Optional[Callable[[], dict]] = None,
                  rng: Optional[random.Random] = None,
-                 wall_clock: Callable[[], float] = time.time):
+                 wall_clock: Callable[[], float] = time.time,
+                 context: Any = None,
+                 address_check: Optional[Callable[[ServerConfig], Optional[str]]] = None,
+                 codec: Optional[MessageCodec] = None,
+                 heartbeats: Optional[HeartbeatScheduler] = None,
+                 http: Optional[ChefHTTP] = None):
         self.loop = loop
+        self.context = context  # None: the loop's context, looked up when connecting
+        self.address_check = address_check
+        self.codec = codec if codec is not None else DEFAULT_CODEC
+        self.heartbeats: HeartbeatScheduler = heartbeats if heartbeats is not None else TimerHeartbeats()
         self.identity = identity
         self.handler = handler
         self.options = options or SessionOptions()
@@ -247,7 +360,7 @@ class NodeSession:
         self._refreshing = False  # a fetch in flight while the current connection stays up
         self._pending: list[tuple[str, dict[str, Any]]] = []
         self._send_failures = 0
-        self._http: Optional[ChefHTTP] = None
+        self._http: Optional[ChefHTTP] = http  # None: built on the first fetch
         self._http_lock = threading.Lock()  # the config GET and the facts PUT share a Session
         self._facts_unsupported: Optional[str] = None  # server incarnation that said 404/405
         self._fetch_due = 0.0
@@ -267,6 +380,7 @@ class NodeSession:
         self._generation += 1
         self._disconnect()
         self._close_watch()
+        self.heartbeats.cancel(self)
         for t in self._timers.values():
             t.cancel()
         self._timers.clear()
@@ -306,7 +420,9 @@ class NodeSession:
         except ProtocolError as exc:
             self.log.error("[%s] cannot build %s message: %s", self.node, msg_type, exc)
             return False
-        if self._conn.send(frames):
+        sent = self._conn.send(frames)
+        self.loop.note_send(self._conn.dealer)
+        if sent:
             self._send_failures = 0
             if msg_type == "heartbeat":
                 self.stats["heartbeats_sent"] += 1
@@ -322,6 +438,11 @@ class NodeSession:
         if self._send_failures >= 3:
             self._reconnect("the command socket does not take messages", backoff=True)
         return False
+
+    def next_sequence(self) -> int:
+        """The sequence number of the next message sent (for codecs)."""
+        self._sequence += 1
+        return self._sequence
 
     # --- internals: timers ---------------------------------------------------------
     def _schedule(self, name: str, delay: float, fn: Callable[[], None]) -> None:
@@ -351,7 +472,7 @@ class NodeSession:
         """
         if self._watch is not None or self.config is None:
             return
-        sock = self.loop.context.socket(zmq.SUB)
+        sock = self._socket_context().socket(zmq.SUB)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SUBSCRIBE, b"")
         try:
@@ -361,6 +482,9 @@ class NodeSession:
             return
         self._watch = sock
         self.loop.add_reader(sock, self._on_watch)
+
+    def _socket_context(self) -> Any:
+        return self.context if self.context is not None else self.loop.context
 
     def _close_watch(self) -> None:
         if self._watch is not None:
@@ -500,6 +624,13 @@ class NodeSession:
 
     # --- connection -------------------------------------------------------------------
     def _connect(self, config: ServerConfig) -> None:
+        if self.address_check is not None:
+            refusal = self.address_check(config)
+            if refusal:
+                self.log.error("[%s] not connecting to %s / %s: %s", self.node, config.out_addr,
+                               config.command_addr, refusal)
+                self.stop()
+                return
         self._disconnect()
         self._close_watch()
         self._plaintext_fallback = False
@@ -520,7 +651,7 @@ class NodeSession:
                     "(it still advertises a curve key), set allow_unencrypted", self.node)
         self.config = config
         self._hb_at_connect = self.stats["server_heartbeats"]
-        self._conn = Connection(self.loop.context, config,
+        self._conn = Connection(self._socket_context(), config,
                                 self.curve_keys if config.encrypted else None)
         self.loop.add_reader(self._conn.sub, self._on_sub)
         self.loop.add_reader(self._conn.dealer, self._on_dealer)
@@ -548,7 +679,8 @@ class NodeSession:
             self.send(msg_type, fields)
 
     def _disconnect(self) -> None:
-        self._cancel("heartbeat", "command_check", "lifetime", "reconfigure", "refresh")
+        self.heartbeats.cancel(self)
+        self._cancel("command_check", "lifetime", "reconfigure", "refresh")
         if self._conn is not None:
             self.loop.remove_reader(self._conn.sub)
             self.loop.remove_reader(self._conn.dealer)
@@ -574,6 +706,11 @@ class NodeSession:
         self._open_watch()
 
     # --- heartbeats and server liveness (§6.2, §6.4) -------------------------------------
+    def beat(self) -> None:
+        """One heartbeat interval (called by the `HeartbeatScheduler`): server liveness
+        (§6.4), our heartbeat, and the next beat scheduled while connected."""
+        self._heartbeat_tick()
+
     def _heartbeat_tick(self) -> None:
         config = self.config
         if self.phase != CONNECTED or config is None:
@@ -592,7 +729,8 @@ class NodeSession:
             fields.setdefault("job_state", "idle")
             fields.setdefault("job_id", None)
             self.send("heartbeat", fields)
-        self._schedule("heartbeat", config.interval, self._heartbeat_tick)
+        if self.phase == CONNECTED:  # a failed send may have reconnected us
+            self.heartbeats.schedule(self, config.interval)
 
     def _server_heartbeat(self, body: dict[str, Any]) -> None:
         config = self.config
@@ -630,17 +768,8 @@ class NodeSession:
 
     # --- receiving ----------------------------------------------------------------
     def _decode(self, frames: list[bytes], channel: str) -> Optional[dict[str, Any]]:
-        config = self.config
-        assert config is not None
-        keys = {RSA2048_SHA1: config.public_key, HMAC_SHA256: config.session_key}
         try:
-            if len(frames) != 2:
-                raise ProtocolError("frame_count", f"{len(frames)} frames, expected 2")
-            method = parse_header(frames[0]).method
-            body = decode_frames(frames, lambda _body: keys.get(method),
-                                 max_body_size=self.options.max_incoming_body,
-                                 max_skew=config.max_message_skew, now=self.wall_clock(),
-                                 methods=(HMAC_SHA256, RSA2048_SHA1))
+            body = self.codec.decode(self, frames, channel)
         except ProtocolError as exc:
             self.stats["dropped"] += 1
             self._log_drop("[%s] dropped a message on the %s socket: %s", self.node, channel, exc)
@@ -712,29 +841,4 @@ class NodeSession:
 
     # --- encoding --------------------------------------------------------------------
     def _encode(self, msg_type: str, fields: dict[str, Any]) -> list[bytes]:
-        config = self.config
-        assert config is not None
-        self._sequence += 1
-        common = {
-            "node": self.node, "client": self.identity.client_name, "org": self.identity.org,
-            "sequence": self._sequence, "timestamp": http_date(self.wall_clock()),
-            "incarnation_id": self.incarnation_id,
-        }
-        if msg_type in ("succeeded", "failed") and ("stdout" in fields or "stderr" in fields):
-            rest = {k: v for k, v in fields.items() if k not in ("stdout", "stderr")}
-
-            def build(out: Optional[str], err: Optional[str]) -> bytes:
-                extra = {}
-                if out is not None:
-                    extra["stdout"] = out
-                if err is not None:
-                    extra["stderr"] = err
-                return client_message(msg_type, **common, **rest, **extra).to_body()
-
-            body = fit_output(build, fields.get("stdout"), fields.get("stderr"),
-                              self.options.max_body_size)
-        else:
-            body = client_message(msg_type, **common, **fields).to_body()
-        if config.session_key is not None:
-            return encode_frames(body, HMAC_SHA256, config.session_key)
-        return encode_frames(body, RSA2048_SHA1, self.identity.private_key)  # 1.x legacy
+        return self.codec.encode(self, msg_type, fields)

@@ -22,7 +22,7 @@ Clients come from `push-jobs-server-ctl client-create --org ORG --count N
 --prefix P --public-key PEM` (P1..PN sharing one key): give the same
 `--prefix`, `--count` and the private key.
 
-Many nodes share one process and one selector loop (`pushjobs.agent.loop`);
+Many nodes share one process and one loop (`pushjobs.agent.loop.EventLoop`);
 `--processes K` splits the fleet over K worker processes. Start-up is spread
 over `--ramp` seconds. Every `--report-interval` seconds one line reports how
 many nodes are connected (socket up), confirmed (a valid message came back on
@@ -35,29 +35,40 @@ URL and the ZeroMQ addresses the server hands out must be 127.0.0.0/8,
 ::1 or localhost, proxies from the environment are ignored, and it stops by
 itself after `--duration` seconds.
 
-Adapters (the smallest ones this file needs around the agent's code, kept
-here; see docs/performance.md):
-* `FleetContext`: in `--sub shared` mode every session's SUB socket is a
+Adapters: the simulator uses only the public extension points of the agent's
+session and loop (docs/agent.md "Extension points"), filled here:
+* `EventLoop(poller=FleetPoller(), timer_grain=0.01)`: epoll on each
+  socket's ZMQ_FD instead of `zmq_poll` over every socket on every wake-up
+  (O(sockets)); ZMQ_EVENTS is asked only of sockets epoll or a send points
+  at, plus a sweep of all once a second.
+* `NodeSession(heartbeats=HeartbeatWheel)`: no timer per node; one loop
+  timer per 10 ms slot beats every session due in it.
+* `NodeSession(codec=FleetCodec)`: heartbeats from a per-node template
+  (byte-identical to the agent's encoder, HMAC per message; tested) and the
+  RSA verification of server heartbeats memoized per (bytes, server key):
+  the same signed bytes reach every session of a process.
+* `NodeSession(context=FleetContext)`: in shared-SUB mode (`--sub shared`,
+  and `auto` above 200 nodes per process) every session's SUB socket is a
   stand-in fed by ONE real SUB per process, so the server sees N command
-  connections but only K heartbeat connections (the server's open-file limit
-  on this machine is 20,000: 10,000 nodes cannot each hold two TCP
-  connections). The session still decodes and verifies every heartbeat.
-* `FleetLoop`: the agent's loop with epoll on each socket's ZMQ_FD (the
-  agent's `zmq_poll` over every socket on every wake-up is O(sockets)) and
-  timers rounded to 10 ms, so thousands of heartbeat timers fire in batches.
-* `FleetSession`: refuses non-loopback ZeroMQ addresses before connecting;
-  memoizes the RSA verification of server heartbeats (the same signed bytes
-  reach every session of a process; verifying them once instead of N times
-  saves ~0.5 ms of CPU per node per heartbeat); with `--fast-heartbeats`
-  encodes heartbeats from a per-node template, byte-identical to the agent's
-  encoder (tested), which builds and validates a message object per beat.
+  connections but only K heartbeat connections (its open-file limit here is
+  20,000: 10,000 nodes cannot each hold two TCP connections); each session
+  still decodes and verifies every heartbeat through its codec.
+* `NodeSession(address_check=...)`: non-loopback ZeroMQ addresses refused
+  before connecting; `http=`: one keep-alive HTTP pool per process.
+
+Cost (steady state, 1 s heartbeat, idle nodes, this 2-core machine): see
+docs/performance.md; what remains per node-second is the heartbeat's
+HMAC + send (one libzmq mailbox write each), one ZMQ_EVENTS check after it,
+the libzmq I/O thread (CurveZMQ box + one loopback TCP send per message) and
+the server heartbeat's fan-out to every session.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import collections
-import heapq
+import hmac
 import ipaddress
 import json
 import logging
@@ -77,13 +88,13 @@ from typing import Any, Callable, Optional, Sequence
 import zmq
 
 from pushjobs.agent.chef_http import ChefHTTP
-from pushjobs.agent.loop import EventLoop, TimerHandle
-from pushjobs.agent.session import CONNECTED, NodeIdentity, NodeSession, SessionOptions
+from pushjobs.agent.connection import ServerConfig
+from pushjobs.agent.loop import EventLoop
+from pushjobs.agent.session import CONNECTED, MessageCodec, NodeIdentity, NodeSession, SessionOptions
 from pushjobs.core import actions as A
 from pushjobs.core.agent import AgentFSM, JobOptions
 from pushjobs.protocol.framing import HMAC_SHA256
 from pushjobs.protocol.messages import dumps
-from pushjobs.protocol.signing import encode_frames
 from pushjobs.protocol.timestamps import http_date
 
 log = logging.getLogger("pushjobs.fleet")
@@ -91,6 +102,11 @@ log = logging.getLogger("pushjobs.fleet")
 BEHAVIOURS = ("succeed", "fail", "nack", "slow", "silent", "disconnect")
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
 HEARTBEAT_CACHE_SIZE = 16
+#: timers (and heartbeat slots) are rounded up to this many seconds: thousands of nodes
+#: beat in ~100 batches per second instead of one loop wake-up each
+TIMER_GRAIN = 0.01
+#: `--sub auto`: one shared SUB per process above this many nodes per process
+SHARED_SUB_ABOVE = 200
 JOB_STATES = frozenset(("idle", "committed", "running"))
 #: counter: the latest any timer (heartbeats, replies) fired in the last report window, ms
 LAG_KEY = "loop_lag_max_ms"
@@ -279,16 +295,27 @@ class SimulatedRunner:
 
 
 # --------------------------------------------------------------------------------------
-# Adapters around the agent's session code
+# Adapters: the session's and the loop's public extension points, filled for a fleet
+
+
+_AGAIN = zmq.Again()  # raised by stand-ins when empty (no strerror() per empty read)
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+_HMAC_HEADER = b"Version:2.0;SigningMethod:" + HMAC_SHA256.encode("ascii") + b";Signature:"
 
 
 class _SharedSub:
-    """Stands in for one session's SUB socket; frames come from the process's one real SUB."""
+    """Stands in for one session's SUB socket; frames come from the process's one real SUB.
+
+    The `FleetPoller` knows stand-ins: the hub fills `inbox` and wakes the
+    poller, which reports the stand-in as readable; the session then drains
+    it like a socket (and verifies every heartbeat through its codec)."""
 
     def __init__(self, hub: "HeartbeatHub"):
         self.hub = hub
         self.inbox: collections.deque = collections.deque(maxlen=64)
         self.addr: Optional[str] = None
+        self.poller: Optional["FleetPoller"] = None
         self.closed = False
 
     def setsockopt(self, *args: Any) -> None:
@@ -301,7 +328,7 @@ class _SharedSub:
     def recv_multipart(self, flags: int = 0, **kw: Any) -> list[bytes]:
         if self.inbox:
             return self.inbox.popleft()
-        raise zmq.Again()
+        raise _AGAIN.with_traceback(None)
 
     def close(self, linger: Optional[int] = None) -> None:
         if not self.closed:
@@ -312,17 +339,16 @@ class _SharedSub:
 class HeartbeatHub:
     """One real SUB per server heartbeat address, fanned out to every session's stand-in."""
 
-    def __init__(self, loop: "FleetLoop", context: zmq.Context):
+    def __init__(self, loop: EventLoop, context: zmq.Context):
         self.loop = loop
         self.context = context
         self.subs: dict[str, zmq.Socket] = {}
-        self.members: dict[str, set[_SharedSub]] = collections.defaultdict(set)
-        self.callbacks: dict[_SharedSub, Callable[[], None]] = {}
+        self.members: dict[str, dict[_SharedSub, None]] = collections.defaultdict(dict)
 
     def attach(self, stand_in: _SharedSub, addr: str) -> None:
         if not zmq_address_is_loopback(addr):
             raise FleetError(f"refusing to connect to non-loopback address {addr}")
-        self.members[addr].add(stand_in)
+        self.members[addr][stand_in] = None
         if addr not in self.subs:
             sub = self.context.socket(zmq.SUB)
             sub.setsockopt(zmq.LINGER, 0)
@@ -332,9 +358,8 @@ class HeartbeatHub:
             self.loop.add_reader(sub, lambda: self._dispatch(addr))
 
     def detach(self, stand_in: _SharedSub) -> None:
-        self.callbacks.pop(stand_in, None)
         if stand_in.addr is not None:
-            self.members[stand_in.addr].discard(stand_in)
+            self.members[stand_in.addr].pop(stand_in, None)
 
     def _dispatch(self, addr: str) -> None:
         sub = self.subs.get(addr)
@@ -348,15 +373,10 @@ class HeartbeatHub:
                 break
         if not batch:
             return
-        for m in list(self.members.get(addr, ())):
-            cb = self.callbacks.get(m)
-            if cb is None:
-                continue
+        for m in self.members.get(addr, ()):
             m.inbox.extend(batch)
-            try:
-                cb()
-            except Exception:  # one session must not stop the fan-out
-                log.exception("heartbeat fan-out callback failed")
+            if m.poller is not None:
+                m.poller.wake(m)
 
     def close(self) -> None:
         for sub in self.subs.values():
@@ -366,7 +386,8 @@ class HeartbeatHub:
 
 
 class FleetContext:
-    """A zmq.Context look-alike for the sessions: real DEALERs, stand-in SUBs in shared mode."""
+    """The sessions' socket factory (`NodeSession(context=...)`): real DEALERs, stand-in SUBs
+    in shared mode."""
 
     def __init__(self, context: zmq.Context, hub: Optional[HeartbeatHub]):
         self._context = context
@@ -377,57 +398,47 @@ class FleetContext:
             return _SharedSub(self.hub)
         return self._context.socket(socket_type, **kw)
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._context, name)
 
+class FleetPoller:
+    """A `pushjobs.agent.loop.Poller` for thousands of sockets: epoll on each ZMQ_FD.
 
-class FleetLoop(EventLoop):
-    """The agent's loop with an epoll poller, for thousands of sockets in one process.
-
-    The agent's `EventLoop` hands every registered socket to `zmq_poll` on
-    every iteration: O(sockets) per wake-up, and with thousands of heartbeat
-    timers spread over a second it wakes up about every millisecond. Here
-    each ZeroMQ socket's notification fd (ZMQ_FD) sits in an epoll set, so a
-    wake-up costs O(sockets with news). ZMQ_FD only says "look at
-    ZMQ_EVENTS", and a send can swallow the notification of a message that
-    arrived meanwhile, so a socket is also re-checked after every send
-    (`mark`) and after its callback, and all sockets once a second (a safety
-    net). Stand-in SUB sockets (shared mode) are fed by the hub instead.
+    The agent's `ZmqPoller` hands every socket to `zmq_poll` on every
+    wake-up: O(sockets). Here each ZeroMQ socket's notification fd (ZMQ_FD)
+    sits in an epoll set, so a wake-up costs O(sockets with news). ZMQ_FD
+    only says "look at ZMQ_EVENTS", and a send can swallow the notification
+    of a message that arrived meanwhile, so a socket is re-checked after
+    every send (`note_send`), and every socket once a second (a safety net).
+    Stand-in SUBs (shared mode) are reported when the hub `wake`s them.
     """
 
     SWEEP_INTERVAL = 1.0
-    #: Timers are rounded up to this grain (s), so thousands of heartbeat timers fire in a
-    #: few batches per second instead of one loop iteration each.
-    TIMER_GRAIN = 0.01
 
-    def __init__(self, *args: Any, **kw: Any):
-        super().__init__(*args, **kw)
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self.clock = clock
         self._epoll = select.epoll()
-        self._epoll.register(self._wake_r, select.EPOLLIN)
         self._fd_of: dict[Any, int] = {}
         self._sock_of: dict[int, Any] = {}
         self._dirty: set = set()
         self._next_sweep = 0.0
-        self.max_lag = 0.0  # the latest a timer fired (s) since `take_lag()`: the simulator's own delay
 
-    def add_reader(self, sock: Any, callback: Callable[[], None]) -> None:
+    def register(self, sock: Any) -> None:
         if isinstance(sock, _SharedSub):
-            sock.hub.callbacks[sock] = callback
+            sock.poller = self
+            if sock.inbox:
+                self._dirty.add(sock)
             return
-        self.remove_reader(sock)
+        self.unregister(sock)
         fd = sock.getsockopt(zmq.FD) if isinstance(sock, zmq.Socket) else int(sock)
-        self._readers[sock] = callback
         self._fd_of[sock] = fd
         self._sock_of[fd] = sock
         self._epoll.register(fd, select.EPOLLIN)
         self._dirty.add(sock)  # messages may be queued already
 
-    def remove_reader(self, sock: Any) -> None:
-        if isinstance(sock, _SharedSub):
-            sock.hub.callbacks.pop(sock, None)
-            return
-        self._readers.pop(sock, None)
+    def unregister(self, sock: Any) -> None:
         self._dirty.discard(sock)
+        if isinstance(sock, _SharedSub):
+            sock.poller = None
+            return
         fd = self._fd_of.pop(sock, None)
         if fd is not None:
             self._sock_of.pop(fd, None)
@@ -436,138 +447,179 @@ class FleetLoop(EventLoop):
             except (OSError, ValueError):
                 pass
 
-    def call_later(self, delay: float, fn: Callable[[], None]) -> TimerHandle:
-        when = self.clock() + max(0.0, delay)
-        when = math.ceil(when / self.TIMER_GRAIN) * self.TIMER_GRAIN
-        handle = TimerHandle(when, fn)
-        heapq.heappush(self._timers, (when, next(self._seq), handle))
-        return handle
+    def wake(self, sock: Any) -> None:
+        """A stand-in has input."""
+        self._dirty.add(sock)
 
-    def mark(self, sock: Any) -> None:
-        """Check `sock` for input on the next iteration (after a send on it)."""
-        if sock in self._readers:
+    def note_send(self, sock: Any) -> None:
+        if sock in self._fd_of:
             self._dirty.add(sock)
 
-    def _readable(self, sock: Any) -> bool:
-        if not isinstance(sock, zmq.Socket):
-            return True
-        try:
-            return bool(sock.getsockopt(zmq.EVENTS) & zmq.POLLIN)
-        except zmq.ZMQError:
-            return False
+    def pending(self) -> bool:
+        return bool(self._dirty)
 
-    def _run_once(self) -> None:
-        timeout = 1.0
-        if self._calls or self._dirty:
-            timeout = 0.0
-        elif self._timers:
-            timeout = max(0.0, min(1.0, self._timers[0][0] - self.clock()))
+    def poll(self, timeout: float) -> list[Any]:
         try:
             events = self._epoll.poll(timeout)
         except InterruptedError:
             events = []
         ready, self._dirty = self._dirty, set()
+        sock_of = self._sock_of
         for fd, _ in events:
-            if fd == self._wake_r:
-                try:
-                    while os.read(self._wake_r, 4096):
-                        pass
-                except (BlockingIOError, OSError):
-                    pass
-                continue
-            sock = self._sock_of.get(fd)
+            sock = sock_of.get(fd)
             if sock is not None:
                 ready.add(sock)
         now = self.clock()
         if now >= self._next_sweep:
             self._next_sweep = now + self.SWEEP_INTERVAL
-            ready.update(self._readers)
+            ready.update(s for s in self._fd_of if isinstance(s, zmq.Socket))
+        out = []
         for sock in ready:
-            callback = self._readers.get(sock)
-            if callback is not None and self._readable(sock):
-                self._guard(callback)
-                if sock in self._readers and self._readable(sock):
-                    self._dirty.add(sock)
-        while self._calls:
-            self._guard(self._calls.popleft())
-        now = self.clock()
-        while self._timers and self._timers[0][0] <= now:
-            when, _, handle = heapq.heappop(self._timers)
-            if not handle.cancelled:
-                if now - when > self.max_lag:
-                    self.max_lag = now - when
-                self._guard(handle.fn)
-
-    def take_lag(self) -> float:
-        """The largest timer lateness since the last call (read from any thread)."""
-        lag, self.max_lag = self.max_lag, 0.0
-        return lag
+            if isinstance(sock, zmq.Socket):
+                try:
+                    if not sock.getsockopt(_EVENTS) & _POLLIN:
+                        continue
+                except zmq.ZMQError:
+                    continue
+            out.append(sock)
+        return out
 
     def close(self) -> None:
-        super().close()
         try:
             self._epoll.close()
         except OSError:
             pass
 
 
-class FleetSession(NodeSession):
-    """NodeSession + loopback check + memoized verification of server heartbeats."""
+class HeartbeatWheel:
+    """A `HeartbeatScheduler` without a timer per node: sessions are kept in 10 ms slots and
+    one loop timer per non-empty slot beats every session due in it.
 
-    fleet: "Fleet"
+    A session is in at most one slot (`due`): rescheduling or cancelling only
+    updates `due`, and stale slot entries are skipped when the slot fires, so
+    every session beats exactly once per schedule.
+    """
 
-    def _connect(self, config: Any) -> None:
+    def __init__(self, loop: EventLoop, grain: float = 0.01):
+        self.loop = loop
+        self.grain = grain
+        self.slots: dict[int, list[NodeSession]] = {}
+        self.due: dict[NodeSession, int] = {}
+        self.beats = 0
+
+    def schedule(self, session: NodeSession, delay: float) -> None:
+        now = self.loop.clock()
+        slot = math.ceil((now + max(0.0, delay)) / self.grain)
+        self.due[session] = slot
+        members = self.slots.get(slot)
+        if members is None:
+            self.slots[slot] = members = []
+            self.loop.call_later(slot * self.grain - now, lambda: self._fire(slot))
+        members.append(session)
+
+    def cancel(self, session: NodeSession) -> None:
+        self.due.pop(session, None)
+
+    def _fire(self, slot: int) -> None:
+        due = self.due
+        for s in self.slots.pop(slot, ()):
+            if due.get(s) != slot:
+                continue  # rescheduled or cancelled since
+            del due[s]
+            self.beats += 1
+            try:
+                s.beat()
+            except Exception:  # one session must not stop the others' heartbeats
+                log.exception("heartbeat of %s failed", s.node)
+
+
+class FleetCodec(MessageCodec):
+    """The agent's codec, minus work a fleet repeats N times (never minus a check).
+
+    * Heartbeats (`fast_heartbeats`) are encoded from a per-session template:
+      the bytes are exactly the agent's (tests/tools/test_fleet.py compares
+      them) and the HMAC is computed per message, without building and
+      validating a message object per beat; the date string is made once a
+      second for the whole process.
+    * Server heartbeats: the same signed bytes reach every session of a
+      process, so a successful verification (RSA, ~0.5 ms) is memoized per
+      (frames, server key); the rest of the pipeline ran on first sight, and
+      an entry is forgotten after `HEARTBEAT_CACHE_SIZE` newer heartbeats.
+    Anything else goes through the agent's code.
+    """
+
+    def __init__(self, fast_heartbeats: bool = True):
+        self.fast_heartbeats = fast_heartbeats
+        self.verified: dict[tuple[bytes, bytes, int], dict] = {}
+        self._templates: dict[NodeSession, tuple[str, bytes, bytes]] = {}
+        self._key_ids: dict[int, tuple[Any, int]] = {}
+        self._date_second = -1
+        self._date = b""
+
+    def encode(self, session: NodeSession, msg_type: str, fields: dict[str, Any]) -> list[bytes]:
+        config = session.config
+        if (msg_type != "heartbeat" or not self.fast_heartbeats or config is None
+                or config.session_key is None or len(fields) != 2):
+            return super().encode(session, msg_type, fields)
+        job_state, job_id = fields.get("job_state"), fields.get("job_id")
+        if job_state not in JOB_STATES or not (job_id is None or isinstance(job_id, str)):
+            return super().encode(session, msg_type, fields)
+        tpl = self._templates.get(session)
+        if tpl is None or tpl[0] != session.incarnation_id:
+            ident = session.identity
+            head = dumps({"node": session.node, "client": ident.client_name, "protocol_version": "2.0",
+                          "org": ident.org, "type": "heartbeat"})
+            tpl = (session.incarnation_id, head[:-1] + b',"sequence":',
+                   b',"incarnation_id":' + dumps(session.incarnation_id) + b',"job_state":')
+            self._templates[session] = tpl
+        t = session.wall_clock()
+        second = int(t)
+        if second != self._date_second:
+            self._date_second, self._date = second, b',"timestamp":' + dumps(http_date(t))
+        body = b"".join((tpl[1], str(session.next_sequence()).encode(), self._date, tpl[2],
+                         b'"idle"' if job_state == "idle" else dumps(job_state),
+                         b',"job_id":null}' if job_id is None else b',"job_id":' + dumps(job_id) + b"}"))
+        sig = base64.b64encode(hmac.digest(config.session_key, body, "sha256"))
+        return [_HMAC_HEADER + sig, body]
+
+    def forget(self, session: NodeSession) -> None:
+        self._templates.pop(session, None)
+
+    def _key_id(self, key: Any) -> int:
+        """The server key's modulus (sessions hold equal keys as different objects)."""
+        entry = self._key_ids.get(id(key))
+        if entry is None or entry[0] is not key:
+            if len(self._key_ids) > 100_000:
+                self._key_ids.clear()
+            entry = (key, key.public_numbers().n if key is not None else 0)
+            self._key_ids[id(key)] = entry
+        return entry[1]
+
+    def decode(self, session: NodeSession, frames: list[bytes], channel: str) -> dict[str, Any]:
+        config = session.config
+        if channel != "heartbeat" or len(frames) != 2 or config is None:
+            return super().decode(session, frames, channel)
+        key = (bytes(frames[0]), bytes(frames[1]), self._key_id(config.public_key))
+        body = self.verified.get(key)
+        if body is None:
+            body = super().decode(session, frames, channel)  # raises if invalid: never cached
+            self.verified[key] = body
+            while len(self.verified) > HEARTBEAT_CACHE_SIZE:
+                self.verified.pop(next(iter(self.verified)))
+        return dict(body)
+
+
+def loopback_only(fleet: "Fleet") -> Callable[[ServerConfig], Optional[str]]:
+    """The sessions' `address_check`: only loopback ZeroMQ addresses."""
+
+    def check(config: ServerConfig) -> Optional[str]:
         bad = [a for a in (config.out_addr, config.command_addr) if not zmq_address_is_loopback(a)]
         if bad:
-            self.fleet.count("refused_address")
-            self.log.error("[%s] the server sent non-loopback addresses %s: not connecting", self.node, bad)
-            self.stop()
-            return
-        super()._connect(config)
+            fleet.count("refused_address")
+            return f"the server sent non-loopback addresses {bad}"
+        return None
 
-    def send(self, msg_type: str, fields: dict[str, Any]) -> bool:
-        ok = super().send(msg_type, fields)
-        conn = self._conn
-        if conn is not None and isinstance(self.loop, FleetLoop):
-            self.loop.mark(conn.dealer)  # a send may swallow the dealer's input notification
-        return ok
-
-    def _encode(self, msg_type: str, fields: dict[str, Any]) -> list[bytes]:
-        """Heartbeats from a template when `fast_heartbeats` is on: the bytes are the same as
-        the agent's `_encode` (tests/tools/test_fleet.py compares them), without building and
-        validating a message object per heartbeat. Everything else: the agent's code."""
-        config = self.config
-        job_state, job_id = fields.get("job_state"), fields.get("job_id")
-        if (msg_type != "heartbeat" or not self.fleet.fast_heartbeats or config is None
-                or config.session_key is None or len(fields) != 2 or job_state not in JOB_STATES
-                or not (job_id is None or isinstance(job_id, str))):
-            return super()._encode(msg_type, fields)
-        prefix = self.__dict__.get("_hb_prefix")
-        if prefix is None:
-            head = dumps({"node": self.node, "client": self.identity.client_name, "protocol_version": "2.0",
-                          "org": self.identity.org, "type": "heartbeat"})
-            prefix = self._hb_prefix = head[:-1] + b',"sequence":'
-            self._hb_incarnation = b',"incarnation_id":' + dumps(self.incarnation_id) + b',"job_state":'
-        self._sequence += 1
-        body = b"".join((prefix, str(self._sequence).encode(), b',"timestamp":',
-                         dumps(http_date(self.wall_clock())), self._hb_incarnation, dumps(job_state),
-                         b',"job_id":', b"null" if job_id is None else dumps(job_id), b"}"))
-        return encode_frames(body, HMAC_SHA256, config.session_key)
-
-    def _decode(self, frames: list[bytes], channel: str) -> Optional[dict[str, Any]]:
-        if channel != "heartbeat" or len(frames) != 2:
-            return super()._decode(frames, channel)
-        cache = self.fleet.heartbeat_cache
-        key = (bytes(frames[0]), bytes(frames[1]))
-        body = cache.get(key)
-        if body is None:
-            body = super()._decode(frames, channel)
-            if body is not None:
-                cache[key] = body
-                while len(cache) > HEARTBEAT_CACHE_SIZE:
-                    cache.pop(next(iter(cache)))
-            return body
-        return dict(body)
+    return check
 
 
 # --------------------------------------------------------------------------------------
@@ -596,7 +648,8 @@ class FleetOptions:
     http_timeout: float = 10.0
     workers: int = 8  # HTTP (config handshake) threads
     seed: int = 0
-    fast_heartbeats: bool = False
+    fast_heartbeats: bool = True
+    io_threads: int = 1
 
     @property
     def chef_server_url(self) -> str:
@@ -648,13 +701,16 @@ class Fleet:
             os.environ.pop(var, None)
         self.opts = opts
         self.private_key = private_key if private_key is not None else _load_private_key(opts.key_path)
-        self.zmq_context = zmq.Context(io_threads=1)
+        self.zmq_context = zmq.Context(io_threads=max(1, opts.io_threads))
         self.zmq_context.set(zmq.MAX_SOCKETS, max(1024, 4 * opts.count + 64))
-        self.loop = FleetLoop(context=self.zmq_context, workers=opts.workers)
+        self.poller = FleetPoller()
+        self.loop = EventLoop(context=self.zmq_context, workers=opts.workers, poller=self.poller,
+                              timer_grain=TIMER_GRAIN)
         self.hub = HeartbeatHub(self.loop, self.zmq_context) if opts.shared_sub else None
-        self.loop.context = FleetContext(self.zmq_context, self.hub)
-        self.heartbeat_cache: dict[tuple[bytes, bytes], dict] = {}
-        self.fast_heartbeats = opts.fast_heartbeats
+        self.socket_factory = FleetContext(self.zmq_context, self.hub)
+        self.heartbeats = HeartbeatWheel(self.loop, TIMER_GRAIN)
+        self.codec = FleetCodec(fast_heartbeats=opts.fast_heartbeats)
+        self.address_check = loopback_only(self)
         self.counters: collections.Counter = collections.Counter()
         self.rng = random.Random(opts.seed + opts.first)
         import requests
@@ -663,7 +719,7 @@ class Fleet:
         self.http.trust_env = False
         kinds = assign_behaviours(parse_mix(opts.behaviour), opts.count)
         self.runners: list[SimulatedRunner] = []
-        self.sessions: list[FleetSession] = []
+        self.sessions: list[NodeSession] = []
         self.session_options = SessionOptions(
             allow_unencrypted=False, http_timeout=opts.http_timeout, tls_verify=False,
             reconnect_min_delay=opts.reconnect_min_delay, reconnect_max_delay=opts.reconnect_max_delay,
@@ -677,18 +733,19 @@ class Fleet:
             self.sessions.append(self._new_session(runner))
         self._thread: Optional[threading.Thread] = None
 
-    def _new_session(self, runner: SimulatedRunner) -> FleetSession:
+    def _new_session(self, runner: SimulatedRunner) -> NodeSession:
         ident = NodeIdentity(node_name=runner.node, org=self.opts.org,
                              chef_server_url=self.opts.chef_server_url,
                              private_key=self.private_key, client_name=runner.node)
-        s = FleetSession(self.loop, ident, runner, self.session_options,
-                         rng=random.Random(self.rng.random()))
-        s.fleet = self
-        # one shared keep-alive HTTP session per process, proxies ignored
-        s._http = ChefHTTP(ident.chef_server_url, ident.node_name, ident.private_key,
-                           verify=False, timeout=self.opts.http_timeout, session=self.http)
-        self.http.trust_env = False
-        return s
+        return NodeSession(self.loop, ident, runner, self.session_options,
+                           rng=random.Random(self.rng.random()), context=self.socket_factory,
+                           address_check=self.address_check, codec=self.codec,
+                           heartbeats=self.heartbeats, http=self._http_for(ident))
+
+    def _http_for(self, ident: NodeIdentity) -> ChefHTTP:
+        """One shared keep-alive HTTP session per process, proxies ignored."""
+        return ChefHTTP(ident.chef_server_url, ident.node_name, ident.private_key,
+                        verify=False, timeout=self.opts.http_timeout, session=self.http)
 
     # --- running ---------------------------------------------------------------
     def count(self, name: str, n: int = 1) -> None:
@@ -734,6 +791,7 @@ class Fleet:
         old = self.sessions[idx]
         runner.session = None
         old.stop()
+        self.codec.forget(old)
         self.count("disconnects")
         if runner.behaviour.rejoin_after is not None:
             def rejoin() -> None:
@@ -915,14 +973,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency", type=float, default=0.0, help="seconds before every reply (default 0)")
     p.add_argument("--rejoin-after", type=float, default=None,
                    help="'disconnect' nodes come back (new incarnation) after this many seconds")
-    p.add_argument("--sub", choices=("per-node", "shared"), default="per-node",
-                   help="one SUB socket per node (like real agents), or one per process (fewer server fds)")
+    p.add_argument("--sub", choices=("auto", "per-node", "shared"), default="auto",
+                   help="one SUB socket per node (like real agents), or one per process (fewer server fds, "
+                        f"less CPU); auto: shared above {SHARED_SUB_ABOVE} nodes per process (default)")
     p.add_argument("--command-check-timeout", type=float, default=3.0,
                    help="seconds without a command-port message before a reconfigure (agent default 3)")
     p.add_argument("--restart-splay", type=float, default=10.0,
                    help="max random delay before reconnecting after a server restart (agent default 10)")
-    p.add_argument("--fast-heartbeats", action="store_true",
-                   help="encode heartbeats from a per-node template (same bytes, ~10x less CPU)")
+    p.add_argument("--fast-heartbeats", dest="fast_heartbeats", action="store_true", default=True,
+                   help="encode heartbeats from a per-node template (same bytes, less CPU; the default)")
+    p.add_argument("--agent-heartbeats", dest="fast_heartbeats", action="store_false",
+                   help="encode heartbeats with the agent's message objects instead")
+    p.add_argument("--io-threads", type=int, default=1, help="libzmq I/O threads per process (default 1)")
     p.add_argument("--http-threads", type=int, default=8, help="config handshake threads per process (default 8)")
     p.add_argument("--report-interval", type=float, default=5.0, help="seconds between report lines")
     p.add_argument("--duration", type=float, default=600.0,
@@ -941,13 +1003,18 @@ def options_from_args(a: argparse.Namespace) -> FleetOptions:
         raise FleetError("--count must be at least 1")
     if a.processes < 1:
         raise FleetError("--processes must be at least 1")
+    if a.io_threads < 1:
+        raise FleetError("--io-threads must be at least 1")
+    per_process = -(-a.count // a.processes)
+    shared = a.sub == "shared" or (a.sub == "auto" and per_process > SHARED_SUB_ABOVE)
     parse_mix(a.behaviour)
     return FleetOptions(
         server_url=check_loopback_url(a.server_url), org=a.org, prefix=a.prefix, count=a.count,
         key_path=a.key, first=a.first, behaviour=a.behaviour, run_time=a.run_time, slow_time=a.slow_time,
-        latency=a.latency, rejoin_after=a.rejoin_after, ramp=a.ramp, shared_sub=a.sub == "shared",
+        latency=a.latency, rejoin_after=a.rejoin_after, ramp=a.ramp, shared_sub=shared,
         command_check_timeout=a.command_check_timeout, restart_splay=a.restart_splay,
-        workers=max(1, a.http_threads), seed=a.seed, fast_heartbeats=a.fast_heartbeats)
+        workers=max(1, a.http_threads), seed=a.seed, fast_heartbeats=a.fast_heartbeats,
+        io_threads=a.io_threads)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -10,14 +10,16 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+import types
 from pathlib import Path
 
 import pytest
 import requests
 
-from pushjobs.tools.fleet import (Fleet, FleetError, FleetOptions, assign_behaviours, check_loopback_url,
-                                  is_loopback_host, main, parse_metrics_text, parse_mix,
-                                  zmq_address_is_loopback)
+from pushjobs.protocol.errors import ProtocolError
+from pushjobs.tools.fleet import (Fleet, FleetCodec, FleetError, FleetOptions, FleetPoller, HeartbeatWheel,
+                                  assign_behaviours, check_loopback_url, is_loopback_host, main,
+                                  parse_metrics_text, parse_mix, zmq_address_is_loopback)
 from tests.helpers.server import BIN_DIR, wait_for
 
 # --------------------------------------------------------------------------------------
@@ -209,36 +211,174 @@ def test_cli_with_two_processes_reports_and_stops_by_itself(srv, admin, tmp_path
     assert r.status_code == 200
 
 
-def test_fast_heartbeats_are_byte_identical_to_the_agents_encoding():
-    """--fast-heartbeats must put exactly the agent's bytes on the wire (it only skips work)."""
-    import types
-
+def _session(loop, codec, *, wall=lambda: 1764393600.25, heartbeats=None, name="wéb-1"):
     from pushjobs.agent.connection import ServerConfig
-    from pushjobs.agent.session import NodeIdentity, SessionOptions
-    from pushjobs.tools.fleet import Behaviour, FleetLoop, FleetSession, SimulatedRunner
+    from pushjobs.agent.session import NodeIdentity, NodeSession, SessionOptions
+    from pushjobs.tools.fleet import Behaviour, SimulatedRunner
 
-    loop = FleetLoop(workers=1)
+    fleet = types.SimpleNamespace(count=lambda *a: None)
+    ident = NodeIdentity(name, "acme", "http://127.0.0.1:1/organizations/acme", private_key=None,
+                         client_name=name)
+    s = NodeSession(loop, ident, SimulatedRunner(name, Behaviour(), loop, fleet), SessionOptions(),
+                    wall_clock=wall, codec=codec, heartbeats=heartbeats)
+    s.config = ServerConfig(out_addr="tcp://127.0.0.1:1", command_addr="tcp://127.0.0.1:2", interval=1.0,
+                            offline_threshold=3, online_threshold=2, public_key=None, curve_public_key=None,
+                            session_key=b"k" * 32, lifetime=3600.0, max_message_skew=300.0,
+                            max_body_size=65536, incarnation_id="x")
+    return s
+
+
+def test_template_heartbeats_are_byte_identical_to_the_agents_encoder():
+    """The template codec must put exactly the agent's bytes on the wire (it only skips work)."""
+    from pushjobs.agent.loop import EventLoop
+    from pushjobs.agent.session import MessageCodec
+    from pushjobs.protocol.signing import decode_frames
+
+    loop = EventLoop(workers=1)
     try:
-        fleet = types.SimpleNamespace(fast_heartbeats=True, heartbeat_cache={})
-        ident = NodeIdentity("wéb-1", "acme", "http://127.0.0.1:1/organizations/acme", private_key=None,
-                             client_name="wéb-1")
-        s = FleetSession(loop, ident, SimulatedRunner("wéb-1", Behaviour(), loop, fleet), SessionOptions(),
-                         wall_clock=lambda: 1764393600.25)
-        s.fleet = fleet
-        s.config = ServerConfig(out_addr="tcp://127.0.0.1:1", command_addr="tcp://127.0.0.1:2", interval=1.0,
-                                offline_threshold=3, online_threshold=2, public_key=None, curve_public_key=None,
-                                session_key=b"k" * 32, lifetime=3600.0, max_message_skew=300.0,
-                                max_body_size=65536, incarnation_id="x")
+        fast, agent = FleetCodec(), MessageCodec()
+        clock = [1764393600.25]
+        s = _session(loop, fast, wall=lambda: clock[0])
         for fields in ({"job_state": "idle", "job_id": None}, {"job_state": "committed", "job_id": "a" * 32},
                        {"job_state": "running", "job_id": "b" * 32}):
-            for seq in (0, 41):
-                fleet.fast_heartbeats, s._sequence = True, seq
-                fast = s._encode("heartbeat", fields)
-                fleet.fast_heartbeats, s._sequence = False, seq
-                assert s._encode("heartbeat", fields) == fast
-                assert s._sequence == seq + 1
-        # anything unusual goes through the agent's own encoder
-        fleet.fast_heartbeats = True
-        assert s._encode("heartbeat", {"job_state": "idle", "job_id": None, "x": 1})
+            for seq in (0, 41, 9999):
+                for t in (1764393600.25, 1764393600.99, 1764393601.0, 1764397200.5):  # date cache turns over
+                    clock[0] = t
+                    s._sequence = seq
+                    got = fast.encode(s, "heartbeat", fields)
+                    s._sequence = seq
+                    assert agent.encode(s, "heartbeat", fields) == got
+                    assert s._sequence == seq + 1
+                    body = decode_frames(got, lambda _b: b"k" * 32, now=t, methods=("hmac_sha256",),
+                                         max_body_size=65536, max_skew=300)
+                    assert body["sequence"] == seq + 1 and body["job_state"] == fields["job_state"]
+        # a new incarnation gets a new template
+        s.incarnation_id = "new-incarnation"
+        s._sequence = 0
+        got = fast.encode(s, "heartbeat", {"job_state": "idle", "job_id": None})
+        s._sequence = 0
+        assert agent.encode(s, "heartbeat", {"job_state": "idle", "job_id": None}) == got
+        # anything unusual goes through the agent's own encoder (and its validation)
+        assert fast.encode(s, "heartbeat", {"job_state": "idle", "job_id": None, "x": 1})
+        with pytest.raises(ProtocolError):
+            fast.encode(s, "heartbeat", {"job_state": "dancing", "job_id": None})
+        assert FleetCodec(fast_heartbeats=False).encode(s, "ack_commit", {"job_id": "c" * 32})
     finally:
         loop.close()
+
+
+def test_server_heartbeat_verification_is_memoized_but_never_skipped():
+    """Identical signed bytes are verified once per server key; forged or re-signed bytes never pass."""
+    import uuid
+
+    from pushjobs.agent.connection import ServerConfig
+    from pushjobs.agent.loop import EventLoop
+    from pushjobs.protocol.framing import RSA2048_SHA1
+    from pushjobs.protocol.keys import generate_rsa_key
+    from pushjobs.protocol.messages import dumps
+    from pushjobs.protocol.signing import encode_frames
+    from pushjobs.protocol.timestamps import http_date
+
+    server_key, other_key = generate_rsa_key(), generate_rsa_key()
+    loop = EventLoop(workers=1)
+    try:
+        codec = FleetCodec()
+        now = time.time()
+        sessions = []
+        for i in range(3):
+            s = _session(loop, codec, wall=lambda: now, name=f"n{i}")
+            s.config = ServerConfig(**{**s.config.__dict__, "public_key": server_key.public_key()})
+            sessions.append(s)
+        body = dumps({"type": "heartbeat", "server": "h", "org": "acme", "timestamp": http_date(now),
+                      "incarnation_id": str(uuid.uuid4()), "sequence": 1, "job_state": "running"})
+        frames = encode_frames(body, RSA2048_SHA1, server_key)
+        for s in sessions:
+            got = s._decode(frames, "heartbeat")
+            assert got is not None and got["sequence"] == 1
+            got["sequence"] = 99  # a caller's copy: the memo is not touched
+        assert len(codec.verified) == 1
+        # signed by another key: dropped, not memoized
+        forged = encode_frames(body, RSA2048_SHA1, other_key)
+        assert sessions[0]._decode(forged, "heartbeat") is None and sessions[0].stats["dropped"] == 1
+        # a session that trusts the other key: its own verification (key is part of the memo)
+        odd = _session(loop, codec, wall=lambda: now, name="odd")
+        odd.config = ServerConfig(**{**odd.config.__dict__, "public_key": other_key.public_key()})
+        assert odd._decode(frames, "heartbeat") is None
+        assert odd._decode(forged, "heartbeat") is not None
+        # tampered body bytes with a valid header: dropped
+        assert sessions[1]._decode([frames[0], frames[1].replace(b'"sequence":1', b'"sequence":2')],
+                                   "heartbeat") is None
+        # old entries go away
+        for i in range(2, 40):
+            b = body.replace(b'"sequence":1', f'"sequence":{i}'.encode())
+            assert sessions[2]._decode(encode_frames(b, RSA2048_SHA1, server_key), "heartbeat") is not None
+        assert len(codec.verified) <= 16
+    finally:
+        loop.close()
+
+
+class _Beating:
+    """Stands in for a session in the wheel: counts beats and asks for the next one."""
+
+    def __init__(self, wheel, interval, node):
+        self.wheel, self.interval, self.node = wheel, interval, node
+        self.beats: list[float] = []
+
+    def beat(self):
+        self.beats.append(self.wheel.loop.clock())
+        self.wheel.schedule(self, self.interval)
+
+
+def test_heartbeat_wheel_beats_each_session_exactly_once_per_interval():
+    from pushjobs.agent.loop import EventLoop
+
+    clock = [1000.0]
+    loop = EventLoop(workers=1, clock=lambda: clock[0], timer_grain=0.01)
+    try:
+        wheel = HeartbeatWheel(loop, 0.01)
+        sessions = [_Beating(wheel, 1.0, f"n{i}") for i in range(500)]
+        for i, s in enumerate(sessions):
+            wheel.schedule(s, i / 500)  # spread over the first second
+        # rescheduling or cancelling never makes a session beat twice
+        wheel.schedule(sessions[0], 0.0)
+        wheel.schedule(sessions[0], 0.0)
+        wheel.cancel(sessions[1])
+        timers_before = len(loop._timers)
+        assert timers_before <= 101  # one timer per 10 ms slot, not one per session
+        while clock[0] < 1010.0:
+            clock[0] = round(clock[0] + 0.005, 6)
+            loop._run_once()
+        assert sessions[1].beats == []
+        for s in sessions[2:] + sessions[:1]:
+            assert 9 <= len(s.beats) <= 10, (s.node, s.beats)
+            gaps = [b - a for a, b in zip(s.beats, s.beats[1:])]
+            assert all(0.99 <= g <= 1.02 for g in gaps), (s.node, gaps)
+        assert wheel.beats == sum(len(s.beats) for s in sessions)
+        assert len(wheel.due) == 499 and all(len(v) >= 1 for v in wheel.slots.values())
+    finally:
+        loop.close()
+
+
+def test_sessions_use_only_the_public_hooks():
+    """The fleet builds plain NodeSessions (no subclass) on a plain EventLoop with its hooks."""
+    from pushjobs.agent.loop import EventLoop
+    from pushjobs.agent.session import NodeSession
+
+    key_pem = __import__("pushjobs.protocol.keys", fromlist=["x"])
+    k = key_pem.generate_rsa_key()
+    opts = FleetOptions(server_url="http://127.0.0.1:1", org="o", prefix="n", count=3, key_path="unused",
+                        shared_sub=True)
+    fleet = Fleet(opts, private_key=k)
+    try:
+        assert type(fleet.loop) is EventLoop and isinstance(fleet.loop.poller, FleetPoller)
+        assert all(type(s) is NodeSession for s in fleet.sessions)
+        s = fleet.sessions[0]
+        assert s.codec is fleet.codec and s.heartbeats is fleet.heartbeats and s.context is fleet.socket_factory
+        bad = types.SimpleNamespace(out_addr="tcp://10.0.0.1:1", command_addr="tcp://127.0.0.1:2")
+        assert "non-loopback" in s.address_check(bad)
+        assert fleet.counters["refused_address"] == 1
+        ok = types.SimpleNamespace(out_addr="tcp://127.0.0.1:1", command_addr="tcp://[::1]:2")
+        assert s.address_check(ok) is None
+    finally:
+        fleet.loop.close()
+        fleet.zmq_context.term()
