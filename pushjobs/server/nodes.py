@@ -268,6 +268,12 @@ class NodeRegistry:
         self.entries: dict[NodeKey, NodeEntry] = {}
         self.by_routing_id: dict[bytes, NodeEntry] = {}
         self.interval = settings.heartbeat_interval / 1000.0
+        # read once: the pipeline runs for every message (settings change only with a new worker)
+        self._max_body_size = settings.max_body_size
+        self._max_skew = float(settings.max_message_skew)
+        self._check_signature = not (
+            getattr(settings, "ignore_signature_check", False) or getattr(settings, "skip_header_validation", False)
+        )
         self.rehab_interval = settings.rehab_timer / 1000.0
         self._greenlets: list[gevent.Greenlet] = []
         self._last_drop_log: dict[str, float] = {}
@@ -355,21 +361,17 @@ class NodeRegistry:
         body = signing.decode_frames(
             frames,
             self._key_for,
-            max_body_size=self.settings.max_body_size,
-            max_skew=float(self.settings.max_message_skew),
+            max_body_size=self._max_body_size,
+            max_skew=self._max_skew,
             now=now,
-            check_signature=not (
-                getattr(self.settings, "ignore_signature_check", False)
-                or getattr(self.settings, "skip_header_validation", False)
-            ),
+            check_signature=self._check_signature,
         )
         org, node = body.get("org"), body.get("node")
         if not isinstance(org, str) or not isinstance(node, str):
             raise ProtocolError("missing_field", "org/node")
-        key = (org, node)
         bound = self.by_routing_id.get(routing_id)
-        if bound is not None and bound.key != key:
-            self._drop("node_mismatch", routing_id, f"connection of {bound.key} sent a message as {key}")
+        if bound is not None and (bound.fsm.node != node or bound.org != org):
+            self._drop("node_mismatch", routing_id, f"connection of {bound.key} sent a message as {(org, node)}")
             return None
         mtype = body.get("type")
         if mtype in _COUNTED_TYPES:
@@ -380,7 +382,9 @@ class NodeRegistry:
             self.received_by_type["unknown"] += 1
             self.drop_counts["unknown_type"] += 1
         fsm_now = self.clock()
-        entry = self.entries.get(key)
+        # the connection's own node (the common case: no key tuple, one lookup fewer);
+        # a bound entry is always the live one (`_terminate` and `Rebind` unbind)
+        entry = bound if bound is not None else self.entries.get((org, node))
         if entry is None:
             incarnation = body.get("incarnation_id")
             fsm = NodeFSM(
