@@ -103,3 +103,79 @@ def test_raw_request_path():
     assert raw_request_path({"REQUEST_URI": "/a//b/"}, "/fallback") == "/a//b/"
     assert raw_request_path({"RAW_URI": "http://h:1/a/b?x"}, "/fallback") == "/a/b"
     assert raw_request_path({}, "/fallback") == "/fallback"
+
+
+# --------------------------------------------------------------------------------------
+# authenticate/authorize against a real store (SQLite and PostgreSQL)
+
+
+def _auth(org: str, user: str, key, path: str = "/organizations/acme/pushy/node_states"):
+    from pushjobs.server.auth import authenticate
+
+    h = sign_request(key, user, "GET", path, b"")
+    return authenticate(org, check_headers(h), h, "GET", path, b"")
+
+
+def test_authenticate_reads_the_store_on_every_request(store_db):
+    """404 org → 401 principal → 401 signature → 403 membership, and a deleted client or a
+    changed key is seen by the very next call (the parsed-key cache is by PEM text)."""
+    from pushjobs.protocol.keys import public_key_pem
+    from pushjobs.server import identity as idn
+
+    idn.create_org("acme")
+    idn.create_org("beta")
+    idn.create_client("acme", "n1", public_key_pem(KEY))
+    idn.create_user("alice", public_key_pem(KEY), org="beta")
+    r = _auth("acme", "n1", KEY)
+    assert (r.name, r.kind, r.org_name) == ("n1", "client", "acme")
+    assert r.org_guid == idn.get_org("acme").guid
+    with pytest.raises(AuthError) as ei:
+        _auth("nope", "n1", KEY)
+    assert ei.value.status == 404
+    with pytest.raises(AuthError) as ei:
+        _auth("acme", "alice", KEY)  # a user of another org
+    assert ei.value.status == 403
+    other = generate_rsa_key()
+    with pytest.raises(AuthError) as ei:
+        _auth("acme", "n1", other)
+    assert (ei.value.status, ei.value.body) == (401, {"error": ["Invalid signature for user or client 'n1'"]})
+    idn.delete_client("acme", "n1")
+    with pytest.raises(AuthError) as ei:
+        _auth("acme", "n1", KEY)
+    assert ei.value.status == 401 and "Failed to authenticate as 'n1'" in ei.value.body["error"][0]
+    idn.create_client("acme", "n1", public_key_pem(other))  # re-created with a new key
+    with pytest.raises(AuthError):
+        _auth("acme", "n1", KEY)
+    assert _auth("acme", "n1", other).name == "n1"
+
+
+def test_authorization_uses_the_groups_read_with_the_principal(store_db):
+    """The §10.3 rules give the same answers from the groups read by authenticate() and from
+    fresh lookups (a Requestor without groups)."""
+    import dataclasses
+
+    from pushjobs.protocol.keys import public_key_pem
+    from pushjobs.server import identity as idn
+    from pushjobs.server.auth import can_read, can_write
+
+    idn.create_org("acme")
+    idn.create_user("alice", public_key_pem(KEY), org="acme", admin=True)
+    idn.create_user("bob", public_key_pem(KEY), org="acme")
+    answers = []
+    for step in ("defaults", "readers", "writers"):
+        if step == "readers":
+            idn.group_add("acme", "pushy_job_readers", "alice")
+        if step == "writers":
+            idn.group_add("acme", "pushy_job_writers", "bob")
+        for who in ("alice", "bob"):
+            r = _auth("acme", who, KEY)
+            assert r.groups is not None
+            bare = dataclasses.replace(r, groups=None, org=None)
+            got = (can_read(r), can_write(r))
+            assert got == (can_read(bare), can_write(bare)), (step, who)
+            answers.append((step, who, got))
+    assert answers == [
+        ("defaults", "alice", (True, True)), ("defaults", "bob", (True, False)),  # admins write
+        ("readers", "alice", (True, True)), ("readers", "bob", (False, False)),  # readers: members only
+        ("writers", "alice", (True, False)), ("writers", "bob", (False, True)),  # writers replace admins
+    ]
