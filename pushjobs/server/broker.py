@@ -37,16 +37,16 @@ log = logging.getLogger(__name__)
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 
 #: At most this many ROUTER messages are handled between two yields to the
-#: hub. Why 128: one message costs ~30-45 us here (receive + the node
-#: registry), so a batch is ~4-6 ms: the heartbeat publisher, the HTTP API and
-#: the database writer wait at most that long, while a yield (a hub loop
-#: iteration, ~20-50 us) stays under 1 % of the batch.
+#: hub. Why 128: one message costs ~35 us here (~15 us to receive in a drain,
+#: ~20 us in the node registry), so a batch is ~4-5 ms: the heartbeat
+#: publisher, the HTTP API and the database writer wait at most about that
+#: long, while a yield (`yield_to_loop`, ~10 us) stays under 1 % of a batch.
 ROUTER_BATCH = 128
 
 # The non-green socket methods: inside a drain, the router loop reads with
 # NOBLOCK straight from libzmq (zmq.green's wrapper re-reads ZMQ_EVENTS after
-# every message, which costs more than the receive; measured ~30 -> ~11 us per
-# message). Safe because this loop is the ROUTER's only reader and goes back to
+# every message, which costs more than the receive; a flood from 50 DEALERs:
+# ~29-34 -> ~11-12 us per message). Safe because this loop is the ROUTER's only reader and goes back to
 # the green (waiting) receive, which retries before it waits, once EAGAIN says
 # the queue is empty.
 _raw_recv = _zmq_backend.Socket.recv
