@@ -175,3 +175,212 @@ def test_feeds_406_404_summary_and_org_feed(live, acme, nodes, http):
     assert summary.names() == ["summary"] and summary.events[0].id == "job-1"
     assert summary.events[0].data["status"] == "complete" and summary.events[0].data["nodes"] == {"succeeded": ["web1"]}
     assert summary.raw.endswith("\n\n")
+
+
+# --- the database writer (issue #8: coalesced writes) -------------------------------------------------
+
+JOB_A = "a" * 32
+
+
+@pytest.fixture
+def writer(store_db):
+    from pushjobs.server.jobs import DbWriter
+
+    org = store.Org.create(name="o", guid="0" * 32)
+    now = store.utcnow()
+    store.Job.create(id=JOB_A, org=org, command="x", status="new", run_timeout=10, quorum=1, requestor="alice",
+                     created_at=now, updated_at=now)
+    for n in ("a", "b", "c"):
+        store.JobNode.create(job=JOB_A, node_name=n, status="new", created_at=now, updated_at=now)
+    w = DbWriter()
+    w.start()
+    yield w
+    w.stop()
+
+
+def node_statuses(jid: str = JOB_A) -> dict[str, str]:
+    return {jn.node_name: jn.status for jn in store.JobNode.select().where(store.JobNode.job == jid)}
+
+
+def test_writer_coalesces_a_batch_and_a_nodes_last_status_wins(writer):
+    from pushjobs.server.jobs import EventWrite, JobStatusWrite, NodeStatusWrite
+
+    t = 1_800_000_000.0
+    writes = [NodeStatusWrite(JOB_A, "a", "ready", t), NodeStatusWrite(JOB_A, "b", "ready", t + 1),
+              JobStatusWrite(JOB_A, "voting", t + 1), EventWrite(JOB_A, 1, "start", '{"x":1}', t),
+              NodeStatusWrite(JOB_A, "a", "running", t + 2), JobStatusWrite(JOB_A, "running", t + 3),
+              NodeStatusWrite(JOB_A, "a", "succeeded", t + 4), EventWrite(JOB_A, 2, "run_start", "{}", t + 2)]
+    for w in writes:  # submit never yields: one batch
+        writer.submit(w)
+    assert writer.flush(10)
+    assert writer.batches == 1 and writer.written == len(writes) and writer.errors == 0
+    assert node_statuses() == {"a": "succeeded", "b": "ready", "c": "new"}
+    job = store.Job.get_by_id(JOB_A)
+    assert job.status == "running" and job.updated_at == utc(t + 3)
+    a = store.JobNode.get(store.JobNode.job == JOB_A, store.JobNode.node_name == "a")
+    assert a.updated_at == utc(t + 4)
+    rows = [(e.seq, e.name, e.data, e.created_at) for e in store.JobEvent.select().order_by(store.JobEvent.seq)]
+    assert rows == [(1, "start", '{"x":1}', utc(t)), (2, "run_start", "{}", utc(t + 2))]
+
+
+def utc(t: float):
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(t, dt.timezone.utc).replace(tzinfo=None)
+
+
+def test_writer_keeps_order_across_small_batches(writer):
+    from pushjobs.server.jobs import NodeStatusWrite
+
+    writer.batch_size = 1  # every write its own transaction at first (the size then adapts)
+    seq = ["ready", "running", "failed", "ready", "succeeded", "crashed", "timed_out"]
+    for i, st in enumerate(seq * 30):
+        writer.submit(NodeStatusWrite(JOB_A, "b", st, 1_800_000_000.0 + i))
+    assert writer.flush(10)
+    assert writer.batches > 1
+    assert node_statuses()["b"] == "timed_out"
+
+
+def test_one_bad_write_does_not_lose_the_others(writer):
+    from pushjobs.server.jobs import EventWrite, JobStatusWrite, NodeStatusWrite
+
+    t = 1_800_000_000.0
+    for w in (EventWrite(JOB_A, 1, "start", "{}", t), NodeStatusWrite(JOB_A, "c", "nacked", t),
+              EventWrite(JOB_A, 1, "again", "{}", t),  # duplicate (job, seq): violates the unique index
+              JobStatusWrite(JOB_A, "quorum_failed", t)):
+        writer.submit(w)
+    assert writer.flush(10)
+    assert writer.errors == 1
+    assert node_statuses()["c"] == "nacked" and store.Job.get_by_id(JOB_A).status == "quorum_failed"
+    assert [e.name for e in store.JobEvent.select()] == ["start"]
+
+
+def test_writer_outputs_second_output_of_a_node_is_ignored(writer):
+    from pushjobs.server.jobs import OutputWrite
+
+    store.JobOutput.create(job=JOB_A, node_name="b", stdout=b"first", stderr=b"", truncated=False)
+    for w in (OutputWrite(JOB_A, "a", b"out-a", b"err-a", False), OutputWrite(JOB_A, "a", b"again", b"", False),
+              OutputWrite(JOB_A, "b", b"second", b"", True), OutputWrite(JOB_A, "c", b"\x00\xff", b"", True)):
+        writer.submit(w)
+    assert writer.flush(10) and writer.errors == 0
+    rows = {o.node_name: (bytes(o.stdout), bytes(o.stderr), o.truncated) for o in store.JobOutput.select()}
+    assert rows == {"a": (b"out-a", b"err-a", False), "b": (b"first", b"", False), "c": (b"\x00\xff", b"", True)}
+
+
+def test_a_callable_write_sees_everything_submitted_before_it(writer):
+    from pushjobs.server.jobs import NodeStatusWrite
+
+    seen = []
+    writer.submit(NodeStatusWrite(JOB_A, "a", "ready", 1_800_000_000.0))
+    writer.submit(lambda: seen.append(node_statuses()["a"]))
+    writer.submit(NodeStatusWrite(JOB_A, "a", "running", 1_800_000_001.0))
+    assert writer.flush(10)
+    assert seen == ["ready"] and node_statuses()["a"] == "running"
+
+
+def test_a_big_fan_out_is_written_in_bounded_batches_with_the_loop_running_between(writer):
+    import gevent
+
+    from pushjobs.server.jobs import MAX_BATCH, EventWrite, NodeStatusWrite, bulk_insert
+
+    jid = "b" * 32
+    now = store.utcnow()
+    store.Job.create(id=jid, org=store.Org.get(), command="x", status="new", run_timeout=10, quorum=1,
+                     requestor="alice", created_at=now, updated_at=now)
+    names = [f"n{i:05d}" for i in range(3000)]
+    with store.db.atomic():
+        bulk_insert(store.JobNode, [store.JobNode.job, store.JobNode.node_name, store.JobNode.status,
+                                    store.JobNode.created_at, store.JobNode.updated_at],
+                    [(jid, n, "new", now, now) for n in names])
+    ticks = []
+    ticker = gevent.spawn(lambda: [ticks.append(gevent.sleep(0.001)) for _ in iter(int, 1)])
+    seq = 0
+    for st in ("ready", "running", "succeeded"):
+        for n in names:
+            seq += 1
+            writer.submit(NodeStatusWrite(jid, n, st, 1_800_000_000.0))
+            writer.submit(EventWrite(jid, seq, "quorum_vote", "{}", 1_800_000_000.0))
+    try:
+        assert writer.flush(60)
+    finally:
+        ticker.kill()
+    assert writer.errors == 0 and writer.written == 18_000
+    assert writer.batches >= 18_000 // MAX_BATCH
+    assert len(ticks) >= writer.batches // 2, "the loop ran between the writer's batches"
+    assert set(node_statuses(jid).values()) == {"succeeded"}
+    assert store.JobEvent.select().where(store.JobEvent.job == jid).count() == 9000
+
+
+def test_get_answers_a_live_job_from_memory_and_its_end_once_stored(live, acme, nodes, http):
+    import gevent.event
+
+    n = connect(live, acme, "web1")
+    nodes.append(n)
+    n.run_result = ("succeeded", "hello\n", "")
+    n.run_delay = 0.5
+    gwait(lambda: available(live, "web1"))
+    coord = live.runtime.jobs
+    gate = gevent.event.Event()
+    real_apply = coord.writer._apply
+
+    def stalled(batch):  # the writer falls behind (as under load), without holding a transaction
+        gate.wait()
+        real_apply(batch)
+
+    coord.writer._apply = stalled
+    try:
+        jid = post_job(http, command="uptime", nodes=["web1"], capture_output=True)
+        j = gwait(lambda: (lambda d: d if d["status"] == "running" else None)(job(http, jid)), 5,
+                  "GET shows running from memory")
+        assert j["nodes"] in ({"ready": ["web1"]}, {"running": ["web1"]})
+        assert store.Job.get_by_id(jid).status == "new", "the database is behind"
+        gwait(lambda: coord.live[jid].fsm.finished, 5, "job finished in memory")
+        assert coord.live_view(jid, wait=0.2) is None, "no final status before the writes are stored"
+    finally:
+        gate.set()
+        coord.writer._apply = real_apply
+    j = job(http, jid)  # waits for the writer, then answers from memory
+    assert j["status"] == "complete" and j["nodes"] == {"succeeded": ["web1"]}
+    r = blocking(lambda: http.get(f"jobs/{jid}/output/web1/stdout", headers={"Accept": "application/octet-stream"}))
+    assert r.status_code == 200 and r.content == b"hello\n", "the output is there once complete is shown"
+    stored = store.Job.get_by_id(jid)
+    assert stored.status == "complete"
+    from pushjobs.server.api.jobs import http_time
+
+    assert j["updated_at"] == http_time(stored.updated_at)
+
+
+def test_actions_keep_fsm_order_when_the_coordinator_yields_between_them(live, acme, nodes, http, monkeypatch):
+    from pushjobs.server import jobs as coordinator
+
+    monkeypatch.setattr(coordinator, "YIELD_EVERY", 1)  # yield after every action
+    names = ["n1", "n2", "n3"]
+    for name in names:
+        x = connect(live, acme, name)
+        nodes.append(x)
+    gwait(lambda: all(available(live, x) for x in names))
+    jid = post_job(http, command="uptime", nodes=names)
+    final = wait_status(live, http, jid, "complete")
+    assert final["nodes"] == {"succeeded": names}
+    live.runtime.flush()
+    evs = events_of(jid)
+    seqs = [r.seq for r in store.JobEvent.select().where(store.JobEvent.job == jid).order_by(store.JobEvent.seq)]
+    assert seqs == list(range(1, len(evs) + 1))
+    order = [name for name, _ in evs]
+    assert order[0] == "start" and order[-1] == "job_complete"
+    assert order.index("quorum_succeeded") == 4 and order[1:4] == ["quorum_vote"] * 3
+    assert sorted(order[5:-1]) == ["run_complete"] * 3 + ["run_start"] * 3
+    for x in names:  # each node: run_start before its run_complete
+        mine = [name for name, data in evs if data.get("node") == x]
+        assert mine == ["quorum_vote", "run_start", "run_complete"]
+
+
+def test_post_of_a_big_job_on_nodes_that_are_not_connected(live, acme, http):
+    names = [f"node-{i:04d}" for i in range(1201)]  # more than two 500-row INSERT chunks
+    jid = post_job(http, command="uptime", nodes=names)
+    final = wait_status(live, http, jid, "quorum_failed")
+    assert final["nodes"] == {"unavailable": names}, "every job node stored, in the job's order"
+    rows = store.JobNode.select().where(store.JobNode.job == jid).order_by(store.JobNode.id)
+    assert [r.node_name for r in rows] == names and {r.status for r in rows} == {"unavailable"}
+    evs = events_of(jid)
+    assert [n for n, _ in evs].count("quorum_vote") == len(names) and evs[-1][0] == "job_complete"
