@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 START_OF_HISTORY_ID = "start_id"
 
 
+#: (second, its "YYYY-MM-DD HH:MM:SS"), replaced as a whole: a fan-out stamps thousands of events a second
+_last_second: tuple[int, str] = (-1, "")
+
+
 def sse_timestamp(t: float) -> str:
     """`YYYY-MM-DD HH:MM:SS.ffffffZ` in UTC (§11.2)."""
     secs = int(t)
@@ -35,7 +39,11 @@ def sse_timestamp(t: float) -> str:
     if micros >= 1_000_000:
         secs += 1
         micros -= 1_000_000
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(secs)) + ".%06dZ" % micros
+    global _last_second
+    cached = _last_second
+    if cached[0] != secs:
+        cached = _last_second = (secs, time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(secs)))
+    return cached[1] + ".%06dZ" % micros
 
 
 def format_event(name: str, event_id: str, data_json: str) -> str:

@@ -95,3 +95,12 @@ def test_event_bus_feeds():
     bus.close_job_feed("j")
     assert bus.job_feed("j") is None and q.get_nowait() is None
     assert bus.org_feed("a") is bus.org_feed("a")
+
+
+def test_sse_timestamp_cache_of_the_current_second_is_never_stale():
+    import time
+
+    values = [1404969464.995958, 1404969465.000001, 1404969464.25, 0.0, 1404969464.9999996, 1700000000.5]
+    for t in values + values[::-1]:
+        secs = int(t) + (1 if round((t - int(t)) * 1e6) >= 1e6 else 0)
+        assert sse_timestamp(t).startswith(time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(secs)) + ".")
