@@ -39,6 +39,7 @@ import json
 import logging
 import os
 import pstats
+import shutil
 import sys
 import tempfile
 import time
@@ -125,7 +126,7 @@ def build(nodes: int, db: str) -> Bench:
     from pushjobs.server.settings import Settings
 
     tmp = tempfile.mkdtemp(prefix="pushjobs-bench-api-")
-    cleanup: list = []
+    cleanup: list = [lambda: shutil.rmtree(tmp, ignore_errors=True)]
     url = database_url(db, tmp, cleanup)
     settings = Settings(data_dir=tmp, database_url=url, server_name="127.0.0.1")
     store.open_database(settings)
@@ -265,7 +266,7 @@ def run_server(a: argparse.Namespace) -> tuple[list[Result], str]:
     from tests.perf import procstat
 
     tmp = tempfile.mkdtemp(prefix="pushjobs-bench-api-server-")
-    cleanup: list = []
+    cleanup: list = [lambda: shutil.rmtree(tmp, ignore_errors=True)]
     url = None if a.db == "sqlite" else database_url(a.db, tmp, cleanup)
     server = ServerProcess(Path(tmp) / "server", database_url=url, heartbeat_interval=1000,
                            settings={"log_level": "warning"})
