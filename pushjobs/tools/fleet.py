@@ -411,7 +411,8 @@ class FleetPoller:
     Stand-in SUBs (shared mode) are reported when the hub `wake`s them.
     """
 
-    SWEEP_INTERVAL = 1.0
+    #: every socket is checked once per this many seconds, a slice per wake-up
+    SWEEP_PERIOD = 2.0
 
     def __init__(self, clock: Callable[[], float] = time.monotonic):
         self.clock = clock
@@ -419,7 +420,9 @@ class FleetPoller:
         self._fd_of: dict[Any, int] = {}
         self._sock_of: dict[int, Any] = {}
         self._dirty: set = set()
-        self._next_sweep = 0.0
+        self._last_sweep = clock()
+        self._sweep_order: list[Any] = []
+        self._sweep_pos = 0
 
     def register(self, sock: Any) -> None:
         if isinstance(sock, _SharedSub):
@@ -469,10 +472,7 @@ class FleetPoller:
             sock = sock_of.get(fd)
             if sock is not None:
                 ready.add(sock)
-        now = self.clock()
-        if now >= self._next_sweep:
-            self._next_sweep = now + self.SWEEP_INTERVAL
-            ready.update(s for s in self._fd_of if isinstance(s, zmq.Socket))
+        self._sweep(ready)
         out = []
         for sock in ready:
             if isinstance(sock, zmq.Socket):
@@ -484,6 +484,24 @@ class FleetPoller:
             out.append(sock)
         return out
 
+    def _sweep(self, ready: set) -> None:
+        """Add the next slice of all sockets, so that each is looked at every SWEEP_PERIOD s."""
+        order = self._sweep_order
+        if self._sweep_pos >= len(order):  # a lap done: a fresh list without closed sockets
+            self._sweep_order = order = [s for s in self._fd_of if isinstance(s, zmq.Socket)]
+            self._sweep_pos = 0
+        now = self.clock()
+        count = int((now - self._last_sweep) / self.SWEEP_PERIOD * len(order))
+        if count < 1:
+            return
+        self._last_sweep = now
+        end = min(len(order), self._sweep_pos + count)
+        fd_of = self._fd_of
+        for sock in order[self._sweep_pos:end]:
+            if sock in fd_of:
+                ready.add(sock)
+        self._sweep_pos = end
+
     def close(self) -> None:
         try:
             self._epoll.close()
@@ -492,24 +510,43 @@ class FleetPoller:
 
 
 class HeartbeatWheel:
-    """A `HeartbeatScheduler` without a timer per node: sessions are kept in 10 ms slots and
-    one loop timer per non-empty slot beats every session due in it.
+    """A `HeartbeatScheduler` without a timer per node: sessions wait in time slots and one
+    loop timer per non-empty slot beats every session due in it.
+
+    Why slots of up to `batch` seconds (default 0.1, at most a quarter of the
+    interval): every send wakes libzmq's I/O thread through a mailbox write
+    unless it is still busy with the previous ones, so sends in a tight batch
+    share wake-ups (at 1,000 nodes, 10 ms slots cost ~160 µs of CPU per
+    node-second, 100 ms slots ~120, 250 ms ~100). Beats stay on an exact
+    interval grid (the next one is due one interval after the previous *due*
+    time, then rounded up to its slot), so a node's heartbeats are late by
+    less than one slot and never drift: the server sees the right rate.
 
     A session is in at most one slot (`due`): rescheduling or cancelling only
     updates `due`, and stale slot entries are skipped when the slot fires, so
     every session beats exactly once per schedule.
     """
 
-    def __init__(self, loop: EventLoop, grain: float = 0.01):
+    def __init__(self, loop: EventLoop, batch: float = 0.1, grain: float = TIMER_GRAIN):
         self.loop = loop
         self.grain = grain
+        self.batch = max(grain, batch)
         self.slots: dict[int, list[NodeSession]] = {}
         self.due: dict[NodeSession, int] = {}
+        self.ideal: dict[NodeSession, float] = {}  # exact due time of each session's next beat
         self.beats = 0
+        self._beating: Optional[NodeSession] = None
 
     def schedule(self, session: NodeSession, delay: float) -> None:
         now = self.loop.clock()
-        slot = math.ceil((now + max(0.0, delay)) / self.grain)
+        delay = max(0.0, delay)
+        base = self.ideal.get(session, now) if session is self._beating else now
+        ideal = base + delay
+        if ideal < now:  # the loop was stalled for more than an interval: no catch-up burst
+            ideal = now
+        width = max(1, int(min(self.batch, delay / 4) / self.grain))  # slot width in grains
+        slot = math.ceil(ideal / self.grain / width - 1e-9) * width
+        self.ideal[session] = ideal
         self.due[session] = slot
         members = self.slots.get(slot)
         if members is None:
@@ -519,6 +556,7 @@ class HeartbeatWheel:
 
     def cancel(self, session: NodeSession) -> None:
         self.due.pop(session, None)
+        self.ideal.pop(session, None)
 
     def _fire(self, slot: int) -> None:
         due = self.due
@@ -527,10 +565,15 @@ class HeartbeatWheel:
                 continue  # rescheduled or cancelled since
             del due[s]
             self.beats += 1
+            self._beating = s
             try:
                 s.beat()
             except Exception:  # one session must not stop the others' heartbeats
                 log.exception("heartbeat of %s failed", s.node)
+            finally:
+                self._beating = None
+                if s not in due:
+                    self.ideal.pop(s, None)
 
 
 class FleetCodec(MessageCodec):
@@ -650,6 +693,7 @@ class FleetOptions:
     seed: int = 0
     fast_heartbeats: bool = True
     io_threads: int = 1
+    heartbeat_batch: float = 0.1  # s: the widest heartbeat slot (see HeartbeatWheel)
 
     @property
     def chef_server_url(self) -> str:
@@ -708,7 +752,7 @@ class Fleet:
                               timer_grain=TIMER_GRAIN)
         self.hub = HeartbeatHub(self.loop, self.zmq_context) if opts.shared_sub else None
         self.socket_factory = FleetContext(self.zmq_context, self.hub)
-        self.heartbeats = HeartbeatWheel(self.loop, TIMER_GRAIN)
+        self.heartbeats = HeartbeatWheel(self.loop, opts.heartbeat_batch)
         self.codec = FleetCodec(fast_heartbeats=opts.fast_heartbeats)
         self.address_check = loopback_only(self)
         self.counters: collections.Counter = collections.Counter()
@@ -984,6 +1028,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="encode heartbeats from a per-node template (same bytes, less CPU; the default)")
     p.add_argument("--agent-heartbeats", dest="fast_heartbeats", action="store_false",
                    help="encode heartbeats with the agent's message objects instead")
+    p.add_argument("--heartbeat-batch", type=float, default=0.1,
+                   help="send heartbeats in slots of up to this many seconds (at most a quarter of the "
+                        "interval; default 0.1): fewer libzmq wake-ups, same rate")
     p.add_argument("--io-threads", type=int, default=1, help="libzmq I/O threads per process (default 1)")
     p.add_argument("--http-threads", type=int, default=8, help="config handshake threads per process (default 8)")
     p.add_argument("--report-interval", type=float, default=5.0, help="seconds between report lines")
@@ -996,7 +1043,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def options_from_args(a: argparse.Namespace) -> FleetOptions:
-    for name in ("ramp", "run_time", "slow_time", "latency", "report_interval", "duration"):
+    for name in ("ramp", "run_time", "slow_time", "latency", "report_interval", "duration", "heartbeat_batch"):
         if getattr(a, name) < 0:
             raise FleetError(f"--{name.replace('_', '-')} must be >= 0")
     if a.count < 1:
@@ -1014,7 +1061,7 @@ def options_from_args(a: argparse.Namespace) -> FleetOptions:
         latency=a.latency, rejoin_after=a.rejoin_after, ramp=a.ramp, shared_sub=shared,
         command_check_timeout=a.command_check_timeout, restart_splay=a.restart_splay,
         workers=max(1, a.http_threads), seed=a.seed, fast_heartbeats=a.fast_heartbeats,
-        io_threads=a.io_threads)
+        io_threads=a.io_threads, heartbeat_batch=a.heartbeat_batch)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -330,12 +330,22 @@ class _Beating:
 
 
 def test_heartbeat_wheel_beats_each_session_exactly_once_per_interval():
+    """500 sessions at a 1 s interval: one beat per interval each, on an exact grid (late by less
+    than one 100 ms slot, never drifting), and ~10 batches a second instead of 500 timers."""
     from pushjobs.agent.loop import EventLoop
 
+    class NoWait:  # a Poller that never blocks: the test drives a fake clock
+        def register(self, sock): pass
+        def unregister(self, sock): pass
+        def poll(self, timeout): return []
+        def pending(self): return False
+        def note_send(self, sock): pass
+        def close(self): pass
+
     clock = [1000.0]
-    loop = EventLoop(workers=1, clock=lambda: clock[0], timer_grain=0.01)
+    loop = EventLoop(workers=1, clock=lambda: clock[0], timer_grain=0.01, poller=NoWait())
     try:
-        wheel = HeartbeatWheel(loop, 0.01)
+        wheel = HeartbeatWheel(loop, batch=0.1)
         sessions = [_Beating(wheel, 1.0, f"n{i}") for i in range(500)]
         for i, s in enumerate(sessions):
             wheel.schedule(s, i / 500)  # spread over the first second
@@ -343,18 +353,23 @@ def test_heartbeat_wheel_beats_each_session_exactly_once_per_interval():
         wheel.schedule(sessions[0], 0.0)
         wheel.schedule(sessions[0], 0.0)
         wheel.cancel(sessions[1])
-        timers_before = len(loop._timers)
-        assert timers_before <= 101  # one timer per 10 ms slot, not one per session
+        assert len(loop._timers) <= 101  # one timer per 10 ms slot, not one per session
         while clock[0] < 1010.0:
             clock[0] = round(clock[0] + 0.005, 6)
             loop._run_once()
         assert sessions[1].beats == []
-        for s in sessions[2:] + sessions[:1]:
-            assert 9 <= len(s.beats) <= 10, (s.node, s.beats)
-            gaps = [b - a for a, b in zip(s.beats, s.beats[1:])]
-            assert all(0.99 <= g <= 1.02 for g in gaps), (s.node, gaps)
+        for i, s in enumerate(sessions):
+            if i == 1:
+                continue
+            offset = i / 500
+            assert len(s.beats) in (10, 11), (s.node, s.beats)
+            for k, at in enumerate(s.beats):
+                late = at - (1000.0 + offset + k)
+                assert -1e-6 <= late <= 0.1 + 0.011, (s.node, k, at, late)
         assert wheel.beats == sum(len(s.beats) for s in sessions)
-        assert len(wheel.due) == 499 and all(len(v) >= 1 for v in wheel.slots.values())
+        late_batches = {round(b, 3) for s in sessions for b in s.beats if 1003.0 <= b < 1004.0}
+        assert len(late_batches) <= 11, sorted(late_batches)
+        assert len(wheel.due) == 499
     finally:
         loop.close()
 
