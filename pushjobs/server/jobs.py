@@ -44,7 +44,7 @@ import peewee as pw
 from gevent.event import Event as GEvent
 
 from pushjobs.core import actions as A
-from pushjobs.core.job import NODE_TERMINAL, JobFSM, JobSpec
+from pushjobs.core.job import JOB_TERMINAL, NODE_TERMINAL, JobFSM, JobSpec
 from pushjobs.server import store
 from pushjobs.server.broker import yield_to_loop
 from pushjobs.server.events import EventBus, JobFeed
@@ -95,6 +95,10 @@ class LiveJob:
     executing: bool = False
     #: time.time() of the last job status carried out (the `updated_at` of the live view)
     status_at: Optional[float] = None
+    #: the last non-final status carried out and its time: what the live view shows
+    #: of a finished job until its writes are stored
+    live_status: str = "new"
+    live_status_at: Optional[float] = None
     #: the writer's `submitted` count once `Finished` was carried out: every write of
     #: the job is in the database when the writer's `committed` count reaches it
     done_mark: Optional[int] = None
@@ -587,34 +591,41 @@ class JobCoordinator:
     def live_job_ids(self) -> list[str]:
         return list(self.live)
 
-    def live_view(self, job_id: str, wait: float = 5.0) -> Optional[LiveView]:
-        """The job's status and job nodes as the FSM has them, for `GET /jobs/ID`.
+    def live_view(self, job_id: str, wait: float = 5.0, nodes: bool = True) -> Optional[LiveView]:
+        """The job's status and job nodes as the FSM has them, for `GET /jobs`
+        and `GET /jobs/ID`; None when the job is not live here.
 
         While the job runs, memory is ahead of the database by the writer's
         lag (the SSE feeds are memory too). A final status is shown only once
         every write of the job is in the database, so that a client that sees
-        it also finds every output and event: a finished job whose writes are
-        queued waits for them (up to `wait` s). None when the job is not live
-        here or that wait timed out: the caller reads the database."""
+        it also finds every output and event: for a finished job whose writes
+        are still queued this waits for them up to `wait` s, and until then
+        shows the status the job had before it ended. `nodes=False` leaves
+        the job nodes out (the job list)."""
         lj = self.live.get(job_id)
         if lj is None:
             return None
         fsm = lj.fsm
-        if fsm.finished:
-            deadline = time.monotonic() + wait
-            while lj.done_mark is None:  # `Finished` not carried out yet (a yielded drain)
-                if time.monotonic() >= deadline:
-                    return None
-                gevent.sleep(0.005)
-            if not self.writer.wait_committed(lj.done_mark, max(0.0, deadline - time.monotonic())):
-                return None
+        status, at = fsm.status, lj.status_at
+        if fsm.finished and not self._stored(lj, wait):
+            status, at = lj.live_status, lj.live_status_at
         groups: dict[str, list[str]] = {}
-        for name, st in fsm.nodes.items():
-            g = groups.get(st)
-            if g is None:
-                g = groups[st] = []
-            g.append(name)
-        return LiveView(fsm.status, lj.status_at, groups)
+        if nodes:
+            for name, st in fsm.nodes.items():
+                g = groups.get(st)
+                if g is None:
+                    g = groups[st] = []
+                g.append(name)
+        return LiveView(status, at, groups)
+
+    def _stored(self, lj: LiveJob, wait: float) -> bool:
+        """Are all the writes of the finished job `lj` in the database (waiting up to `wait` s)?"""
+        deadline = time.monotonic() + wait
+        while lj.done_mark is None:  # `Finished` not carried out yet (a yielded drain)
+            if time.monotonic() >= deadline:
+                return False
+            gevent.sleep(0.005)
+        return self.writer.wait_committed(lj.done_mark, max(0.0, deadline - time.monotonic()))
 
     # --- carrying out job FSM actions ----------------------------------------
     def _execute(self, lj: LiveJob, actions: list) -> None:
@@ -674,6 +685,8 @@ class JobCoordinator:
             self.registry.send_to((lj.org, a.node), a.type, dict(a.fields))
         elif t is A.SetJobStatus:
             lj.status_at = time.time()
+            if a.status not in JOB_TERMINAL:
+                lj.live_status, lj.live_status_at = a.status, lj.status_at
             self.writer.submit(JobStatusWrite(jid, a.status, lj.status_at))
         elif t is A.StoreOutput:
             self._store_output(jid, a.node, a.stdout, a.stderr)

@@ -335,12 +335,18 @@ def test_get_answers_a_live_job_from_memory_and_its_end_once_stored(live, acme, 
         assert j["nodes"] in ({"ready": ["web1"]}, {"running": ["web1"]})
         assert store.Job.get_by_id(jid).status == "new", "the database is behind"
         gwait(lambda: coord.live[jid].fsm.finished, 5, "job finished in memory")
-        assert coord.live_view(jid, wait=0.2) is None, "no final status before the writes are stored"
+        v = coord.live_view(jid, wait=0.2)
+        assert v.status == "running", "no final status before the writes are stored"
+        assert v.nodes == {"succeeded": ["web1"]}
+        listed = blocking(lambda: http.get("jobs")).json()
+        assert [x["status"] for x in listed if x["id"] == jid] == ["running"]
     finally:
         gate.set()
         coord.writer._apply = real_apply
     j = job(http, jid)  # waits for the writer, then answers from memory
     assert j["status"] == "complete" and j["nodes"] == {"succeeded": ["web1"]}
+    listed = blocking(lambda: http.get("jobs")).json()
+    assert [(x["status"], x["updated_at"]) for x in listed if x["id"] == jid] == [("complete", j["updated_at"])]
     r = blocking(lambda: http.get(f"jobs/{jid}/output/web1/stdout", headers={"Accept": "application/octet-stream"}))
     assert r.status_code == 200 and r.content == b"hello\n", "the output is there once complete is shown"
     stored = store.Job.get_by_id(jid)

@@ -13,12 +13,14 @@ Rules of this file:
   writes job/job-node statuses.
 * Documents keep the original's shape: optional keys only when set, RFC 1123
   GMT times formatted from the UTC column (S16).
-* `GET /jobs/ID` of a live job takes its status and job nodes from the
-  coordinator's memory (`runtime.jobs.live_view`), like the SSE feeds: the
-  database lags by the writer's queue, and reading 10,000 job-node rows per
-  poll is the costly part of the request. A final status is shown only once
-  the job's writes are all stored (outputs can be fetched). Everything else,
-  and every job that is not live, comes from the database.
+* `GET /jobs/ID` (and the job list) of a live job takes its status and job
+  nodes from the coordinator's memory (`runtime.jobs.live_view`), like the
+  SSE feeds: the database lags by the writer's queue, and reading 10,000
+  job-node rows per poll is the costly part of the request. A final status
+  is shown only once the job's writes are all stored (outputs can be
+  fetched): `GET /jobs/ID` waits for them, the list shows the status before
+  the end meanwhile. Everything else, and every job that is not live, comes
+  from the database.
 """
 
 from __future__ import annotations
@@ -262,11 +264,11 @@ def job_detail(job: Any, *, include_file: bool = False, live: Any = None) -> dic
     return {"nodes": groups, **doc}
 
 
-def live_view(job_id: str) -> Any:
+def live_view(job_id: str, **kw: Any) -> Any:
     """The coordinator's view of a live job (None when not live or no runtime)."""
     runtime = current_app.extensions["pushjobs"].runtime
     view = getattr(getattr(runtime, "jobs", None), "live_view", None)
-    return view(job_id) if view is not None else None
+    return view(job_id, **kw) if view is not None else None
 
 
 def store_job(job_id: str, org_id: int, spec: JobSpec, requestor: str, default_run_timeout: int) -> None:
@@ -345,7 +347,18 @@ def list_jobs(org: str) -> Response:
     from pushjobs.server.store import Job
 
     jobs = Job.select().where(Job.org == g.requestor.org_id).order_by(Job.created_at, Job.id)
-    return json_response([job_document(j) for j in jobs])
+    docs = []
+    for j in jobs:
+        doc = job_document(j)
+        live = live_view(j.id, wait=0.0, nodes=False)
+        if live is not None:
+            from pushjobs.server.jobs import utc_datetime
+
+            doc["status"] = live.status
+            if live.updated_at is not None:
+                doc["updated_at"] = http_time(utc_datetime(live.updated_at))
+        docs.append(doc)
+    return json_response(docs)
 
 
 @bp.route("/jobs/<job_id>", methods=["GET"])
