@@ -551,7 +551,8 @@ class HeartbeatWheel:
         members = self.slots.get(slot)
         if members is None:
             self.slots[slot] = members = []
-            self.loop.call_later(slot * self.grain - now, lambda: self._fire(slot))
+            # (a hair early: the loop's own rounding must not push it into the next grain)
+            self.loop.call_later(slot * self.grain - now - 1e-7, lambda: self._fire(slot))
         members.append(session)
 
     def cancel(self, session: NodeSession) -> None:
