@@ -42,7 +42,9 @@ session and loop (docs/agent.md "Extension points"), filled here:
   (O(sockets)); ZMQ_EVENTS is asked only of sockets epoll or a send points
   at, plus a sweep of all once a second.
 * `NodeSession(heartbeats=HeartbeatWheel)`: no timer per node; one loop
-  timer per 10 ms slot beats every session due in it.
+  timer per slot (10-100 ms, `--heartbeat-batch`) beats every session due
+  in it, and their sends go out back to back once the slot is encoded
+  (`SendBatch`, through the DEALERs of the socket factory below).
 * `NodeSession(codec=FleetCodec)`: heartbeats from a per-node template
   (byte-identical to the agent's encoder, HMAC per message; tested) and the
   RSA verification of server heartbeats memoized per (bytes, server key):
@@ -385,17 +387,62 @@ class HeartbeatHub:
         self.subs.clear()
 
 
-class FleetContext:
-    """The sessions' socket factory (`NodeSession(context=...)`): real DEALERs, stand-in SUBs
-    in shared mode."""
+class SendBatch:
+    """Sends held back while a heartbeat slot is being beaten, then sent in one tight run.
 
-    def __init__(self, context: zmq.Context, hub: Optional[HeartbeatHub]):
+    Why: every send wakes libzmq's I/O thread with a mailbox write unless it
+    is still busy; encoding a whole slot first and then sending it back to
+    back keeps the I/O thread busy across the run, so most sends skip the
+    write and the I/O thread's wake-up. Only `BatchingDealer.send_multipart`
+    is held back, only inside `hold()`; the order per socket is kept. A
+    held-back send that then fails (queue full, socket gone) is counted in
+    `failed` (the agent drops a heartbeat that cannot be sent, too).
+    """
+
+    def __init__(self) -> None:
+        self.holding = False
+        self.items: list[tuple[zmq.Socket, Any]] = []
+        self.failed = 0
+
+    def flush(self) -> None:
+        items, self.items = self.items, []
+        for sock, frames in items:
+            try:
+                zmq.Socket.send_multipart(sock, frames, flags=zmq.NOBLOCK)
+            except zmq.ZMQError:
+                self.failed += 1
+
+
+class BatchingDealer(zmq.Socket):
+    """A real DEALER whose non-blocking sends join the open `SendBatch` (see there)."""
+
+    batch: Optional[SendBatch] = None
+
+    def send_multipart(self, msg_parts: Any, flags: int = 0, copy: bool = True, track: bool = False,
+                       **kw: Any) -> Any:
+        batch = self.batch
+        if batch is not None and batch.holding and flags == zmq.NOBLOCK and not track:
+            batch.items.append((self, list(msg_parts)))
+            return None
+        return super().send_multipart(msg_parts, flags=flags, copy=copy, track=track, **kw)
+
+
+class FleetContext:
+    """The sessions' socket factory (`NodeSession(context=...)`): real DEALERs (batching their
+    heartbeat sends when `batch` is given), stand-in SUBs in shared mode."""
+
+    def __init__(self, context: zmq.Context, hub: Optional[HeartbeatHub], batch: Optional[SendBatch] = None):
         self._context = context
         self.hub = hub
+        self.batch = batch
 
     def socket(self, socket_type: int, **kw: Any) -> Any:
         if socket_type == zmq.SUB and self.hub is not None:
             return _SharedSub(self.hub)
+        if socket_type == zmq.DEALER and self.batch is not None:
+            sock = self._context.socket(socket_type, socket_class=BatchingDealer, **kw)
+            sock.batch = self.batch
+            return sock
         return self._context.socket(socket_type, **kw)
 
 
@@ -527,8 +574,10 @@ class HeartbeatWheel:
     every session beats exactly once per schedule.
     """
 
-    def __init__(self, loop: EventLoop, batch: float = 0.1, grain: float = TIMER_GRAIN):
+    def __init__(self, loop: EventLoop, batch: float = 0.1, grain: float = TIMER_GRAIN,
+                 sends: Optional[SendBatch] = None):
         self.loop = loop
+        self.sends = sends
         self.grain = grain
         self.batch = max(grain, batch)
         self.slots: dict[int, list[NodeSession]] = {}
@@ -560,6 +609,18 @@ class HeartbeatWheel:
         self.ideal.pop(session, None)
 
     def _fire(self, slot: int) -> None:
+        sends = self.sends
+        if sends is None:
+            self._beat_all(slot)
+            return
+        sends.holding = True
+        try:
+            self._beat_all(slot)
+        finally:
+            sends.holding = False
+            sends.flush()
+
+    def _beat_all(self, slot: int) -> None:
         due = self.due
         for s in self.slots.pop(slot, ()):
             if due.get(s) != slot:
@@ -695,6 +756,7 @@ class FleetOptions:
     fast_heartbeats: bool = True
     io_threads: int = 1
     heartbeat_batch: float = 0.1  # s: the widest heartbeat slot (see HeartbeatWheel)
+    batch_sends: bool = True  # see SendBatch
 
     @property
     def chef_server_url(self) -> str:
@@ -752,8 +814,9 @@ class Fleet:
         self.loop = EventLoop(context=self.zmq_context, workers=opts.workers, poller=self.poller,
                               timer_grain=TIMER_GRAIN)
         self.hub = HeartbeatHub(self.loop, self.zmq_context) if opts.shared_sub else None
-        self.socket_factory = FleetContext(self.zmq_context, self.hub)
-        self.heartbeats = HeartbeatWheel(self.loop, opts.heartbeat_batch)
+        self.sends = SendBatch() if opts.batch_sends else None
+        self.socket_factory = FleetContext(self.zmq_context, self.hub, self.sends)
+        self.heartbeats = HeartbeatWheel(self.loop, opts.heartbeat_batch, sends=self.sends)
         self.codec = FleetCodec(fast_heartbeats=opts.fast_heartbeats)
         self.address_check = loopback_only(self)
         self.counters: collections.Counter = collections.Counter()
@@ -867,6 +930,9 @@ class Fleet:
             elif state == "running":
                 st.running += 1
             agg.update(s.stats)
+        if self.sends is not None and self.sends.failed:
+            agg["send_failures"] += self.sends.failed
+            agg["batched_send_failures"] = self.sends.failed
         st.counters = dict(agg)
         st.counters[LAG_KEY] = int(1000 * self.loop.take_lag())
         return st
@@ -1032,6 +1098,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heartbeat-batch", type=float, default=0.1,
                    help="send heartbeats in slots of up to this many seconds (at most a quarter of the "
                         "interval; default 0.1): fewer libzmq wake-ups, same rate")
+    p.add_argument("--no-batch-sends", dest="batch_sends", action="store_false",
+                   help="send each heartbeat at once instead of encoding a slot first, then sending it")
     p.add_argument("--io-threads", type=int, default=1, help="libzmq I/O threads per process (default 1)")
     p.add_argument("--http-threads", type=int, default=8, help="config handshake threads per process (default 8)")
     p.add_argument("--report-interval", type=float, default=5.0, help="seconds between report lines")
@@ -1062,7 +1130,7 @@ def options_from_args(a: argparse.Namespace) -> FleetOptions:
         latency=a.latency, rejoin_after=a.rejoin_after, ramp=a.ramp, shared_sub=shared,
         command_check_timeout=a.command_check_timeout, restart_splay=a.restart_splay,
         workers=max(1, a.http_threads), seed=a.seed, fast_heartbeats=a.fast_heartbeats,
-        io_threads=a.io_threads, heartbeat_batch=a.heartbeat_batch)
+        io_threads=a.io_threads, heartbeat_batch=a.heartbeat_batch, batch_sends=a.batch_sends)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

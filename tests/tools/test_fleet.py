@@ -397,3 +397,46 @@ def test_sessions_use_only_the_public_hooks():
     finally:
         fleet.loop.close()
         fleet.zmq_context.term()
+
+
+def test_send_batch_holds_dealer_sends_until_the_slot_is_encoded():
+    """Inside a held batch, DEALER sends queue in order and go out on flush; outside, at once."""
+    import zmq
+
+    from pushjobs.tools.fleet import FleetContext, SendBatch
+
+    ctx = zmq.Context()
+    batch = SendBatch()
+    router = ctx.socket(zmq.ROUTER)
+    router.linger = 0
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    dealer = FleetContext(ctx, None, batch).socket(zmq.DEALER)
+    dealer.linger = 0
+    dealer.connect(f"tcp://127.0.0.1:{port}")
+    try:
+        def recv(timeout_ms=2000):
+            if router.poll(timeout_ms):
+                return router.recv_multipart()[1:]
+            return None
+
+        dealer.send_multipart([b"h", b"now"], flags=zmq.NOBLOCK)
+        assert recv() == [b"h", b"now"]
+        batch.holding = True
+        dealer.send_multipart([b"h", b"1"], flags=zmq.NOBLOCK)
+        dealer.send_multipart([b"h", b"2"], flags=zmq.NOBLOCK)
+        assert len(batch.items) == 2 and recv(200) is None
+        batch.holding = False
+        batch.flush()
+        assert recv() == [b"h", b"1"] and recv() == [b"h", b"2"] and batch.failed == 0
+        # a send that cannot go out when flushed is counted, not raised
+        batch.holding = True
+        dealer.send_multipart([b"h", b"3"], flags=zmq.NOBLOCK)
+        batch.holding = False
+        dealer.close(linger=0)
+        batch.flush()
+        assert batch.failed == 1
+    finally:
+        router.close(linger=0)
+        if not dealer.closed:
+            dealer.close(linger=0)
+        ctx.term()
