@@ -58,11 +58,15 @@ session and loop (docs/agent.md "Extension points"), filled here:
 * `NodeSession(address_check=...)`: non-loopback ZeroMQ addresses refused
   before connecting; `http=`: one keep-alive HTTP pool per process.
 
-Cost (steady state, 1 s heartbeat, idle nodes, this 2-core machine): see
-docs/performance.md; what remains per node-second is the heartbeat's
-HMAC + send (one libzmq mailbox write each), one ZMQ_EVENTS check after it,
-the libzmq I/O thread (CurveZMQ box + one loopback TCP send per message) and
-the server heartbeat's fan-out to every session.
+Cost (steady state, 1 s heartbeat, 1,000 idle nodes, this 2-core machine,
+CPU of the fleet process and its children over 30 s): ~125 µs per
+node-second with the defaults (shared SUB), ~172 with `--sub per-node`;
+before these adapters ~200 (shared) / ~240 (per-node) with
+`--fast-heartbeats`, ~330 with the agent's encoder and 10 ms slots. What
+remains per node-second: the heartbeat's HMAC and pyzmq send (~30 µs of
+Python), one ZMQ_EVENTS check after it, the server heartbeat's fan-out to
+every session (~15 µs), and libzmq's I/O thread (CurveZMQ box + one
+loopback TCP send per node, ~35 µs, mostly kernel time).
 """
 
 from __future__ import annotations
@@ -563,8 +567,8 @@ class HeartbeatWheel:
     Why slots of up to `batch` seconds (default 0.1, at most a quarter of the
     interval): every send wakes libzmq's I/O thread through a mailbox write
     unless it is still busy with the previous ones, so sends in a tight batch
-    share wake-ups (at 1,000 nodes, 10 ms slots cost ~160 µs of CPU per
-    node-second, 100 ms slots ~120, 250 ms ~100). Beats stay on an exact
+    share wake-ups (1,000 nodes, one run each: 10 ms slots cost ~210 µs of
+    CPU per node-second, 100 ms ~125, 250 ms ~123). Beats stay on an exact
     interval grid (the next one is due one interval after the previous *due*
     time, then rounded up to its slot), so a node's heartbeats are late by
     less than one slot and never drift: the server sees the right rate.
