@@ -458,12 +458,12 @@ class FleetPoller:
     sits in an epoll set, so a wake-up costs O(sockets with news). ZMQ_FD
     only says "look at ZMQ_EVENTS", and a send can swallow the notification
     of a message that arrived meanwhile, so a socket is re-checked after
-    every send (`note_send`), and every socket once a second (a safety net).
+    every send (`note_send`), and every socket once per SWEEP_PERIOD (a safety net).
     Stand-in SUBs (shared mode) are reported when the hub `wake`s them.
     """
 
     #: every socket is checked once per this many seconds, a slice per wake-up
-    SWEEP_PERIOD = 2.0
+    SWEEP_PERIOD = 5.0
 
     def __init__(self, clock: Callable[[], float] = time.monotonic):
         self.clock = clock
