@@ -297,7 +297,7 @@ def suite(a: argparse.Namespace) -> int:
         b.start_server()
         log(f"{a.nodes} clients created in {b.clients_seconds:.1f}s")
         cmd = b.start_fleet(ramp=ramp, duration=a.max_seconds,
-                            extra=(("--fast-heartbeats",) if a.fast_heartbeats else ()) + tuple(a.fleet_args.split()))
+                            extra=(() if a.fast_heartbeats else ("--agent-heartbeats",)) + tuple(a.fleet_args.split()))
         log("fleet: " + " ".join(cmd))
         t0 = time.monotonic()
         s_start0 = procstat.sample(b.worker_pid)
@@ -448,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="UTC time by which the suite must end: phases that would not fit are skipped")
     s.add_argument("--agent-heartbeats", dest="fast_heartbeats", action="store_false",
                    help="let the fleet encode heartbeats with the agent's message objects "
-                        "(default: --fast-heartbeats, same bytes, less simulator CPU)")
+                        "(default: template heartbeats, same bytes, less simulator CPU)")
     return p
 
 
