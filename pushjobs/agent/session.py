@@ -243,6 +243,7 @@ class JobHandler(Protocol):
 
 
 FETCH_LOG_INTERVAL = 60.0  # s between two warnings about the same config-fetch failure
+RESEND_DELAY = 0.1  # s before a job message the full send queue refused is tried again
 
 
 def _one_line(exc: Optional[BaseException]) -> str:
@@ -415,6 +416,10 @@ class NodeSession:
                 self.log.info("[%s] not connected: %s for job %s will be sent after reconnecting",
                               self.node, msg_type, fields.get("job_id"))
             return False
+        if self._pending and msg_type != "heartbeat":
+            # Job messages leave in the order they were made: behind the ones waiting.
+            self._pending.append((msg_type, dict(fields)))
+            return self._flush_pending()
         try:
             frames = self._encode(msg_type, fields)
         except ProtocolError as exc:
@@ -437,7 +442,21 @@ class NodeSession:
                          self._send_failures)
         if self._send_failures >= 3:
             self._reconnect("the command socket does not take messages", backoff=True)
+        elif msg_type != "heartbeat":
+            # A job message must not wait for a reconnect that may never come (the
+            # heartbeats that follow may well get through): retry it shortly.
+            self._schedule("resend", RESEND_DELAY, self._flush_pending)
         return False
+
+    def _flush_pending(self) -> bool:
+        """Send the job messages held back (a full queue, or made while disconnected)
+        in order; stop at the first that does not go (it stays first in line)."""
+        pending, self._pending = self._pending, []
+        for i, (msg_type, fields) in enumerate(pending):
+            if not self.send(msg_type, fields):  # a failure re-queues it (and schedules a retry)
+                self._pending.extend(pending[i + 1:])
+                return False
+        return True
 
     def next_sequence(self) -> int:
         """The sequence number of the next message sent (for codecs)."""
@@ -674,9 +693,7 @@ class NodeSession:
         self._schedule("lifetime", lifetime,
                        lambda: self._refresh(f"config lifetime ({config.lifetime:g}s) expired"))
         self._heartbeat_tick()
-        pending, self._pending = self._pending, []
-        for msg_type, fields in pending:
-            self.send(msg_type, fields)
+        self._flush_pending()
 
     def _disconnect(self) -> None:
         self.heartbeats.cancel(self)

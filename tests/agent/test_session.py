@@ -432,3 +432,59 @@ def test_config_fetch_failure_reason_is_one_warning_line_without_query(run_sessi
         msg = r.getMessage()
         assert "ccpk" not in msg and "?" not in msg and "\n" not in msg
         assert "Connection refused" in msg and "object at 0x" not in msg
+
+
+class RefusingDealer(zmq.Socket):
+    """A real DEALER whose send queue is "full" (EAGAIN) for the next `refuse` job messages."""
+
+    refuse = 0
+
+    def send_multipart(self, frames, flags=0, **kw):
+        if RefusingDealer.refuse > 0 and b'"heartbeat"' not in frames[-1]:
+            RefusingDealer.refuse -= 1
+            raise zmq.Again()
+        return super().send_multipart(frames, flags=flags, **kw)
+
+
+class RefusingContext(zmq.Context):
+    _socket_class = RefusingDealer
+
+
+def test_a_job_message_refused_by_a_full_queue_is_retried_in_order(scripted, keys):
+    """Found in CI under load: `succeeded` hit the DEALER's SNDHWM once and then
+    waited for a reconnect that never came (the heartbeats got through), so the
+    job hung. It must be retried promptly, in order, without a reconnect."""
+    server = scripted()
+    loop = EventLoop(zmq.Context())
+    ctx = RefusingContext()
+    options = SessionOptions(reconnect_min_delay=0.05, reconnect_max_delay=0.2, restart_splay=0.1,
+                             command_check_timeout=0.5, http_timeout=2)
+    ident = NodeIdentity("n1", "acme", server.url, keys["client"], client_name="host1")
+    handler = RecordingHandler()
+    session = NodeSession(loop, ident, handler, options, facts=lambda: {"name": "n1"}, context=ctx)
+    session.start()
+    loop.start_thread()
+    try:
+        server.recv_type("heartbeat")
+        wait_for(lambda: session.stats.get("reconfigures", 0) == 0 and session.phase == "connected",
+                 message="connected")
+        RefusingDealer.refuse = 2
+        loop.call_soon_threadsafe(lambda: session.send("ack_run", {"job_id": "j1"}))
+        loop.call_soon_threadsafe(lambda: session.send("succeeded", {"job_id": "j1"}))
+        got = []
+        deadline = time.monotonic() + 5
+        while len(got) < 2 and time.monotonic() < deadline:
+            m = server.recv(0.5)
+            if m and m[1]["type"] != "heartbeat":
+                got.append(m[1]["type"])
+        assert got == ["ack_run", "succeeded"]
+        assert session.stats["send_failures"] == 2
+        assert session.stats.get("reconfigures", 0) == 0
+    finally:
+        RefusingDealer.refuse = 0
+        loop.call_soon_threadsafe(session.stop)
+        loop.stop()
+        time.sleep(0.05)
+        loop.close()
+        ctx.destroy(linger=0)
+        loop.context.destroy(linger=0)
