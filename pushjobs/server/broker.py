@@ -43,6 +43,19 @@ ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 #: long, while a yield (`yield_to_loop`, ~10 us) stays under 1 % of a batch.
 ROUTER_BATCH = 128
 
+# Per-connection queue limits of the command ROUTER (libzmq's default is 1,000
+# messages each way PER PEER). A healthy node has a few messages in flight (a
+# heartbeat a second, three per job); a server that falls behind with 10,000
+# nodes connected queued up to 1,000 heartbeats per node and reached 6.3 GB RSS
+# in a 10,000-node start-up on 2 cores (docs/performance.md). With 32 a
+# connection holds at most ~30 s of heartbeats: beyond that libzmq stops
+# reading that TCP connection (back-pressure; the node's own tiny send queue
+# fills and it reconnects), nothing queued is dropped, and memory stays bounded
+# (10,000 × 32 × ~0.7 KB ≈ 220 MB at worst). Outgoing: ROUTER drops a message
+# to a peer whose queue is full; 32 unread commands means that peer is gone.
+ROUTER_RCVHWM = 32
+ROUTER_SNDHWM = 32
+
 # The non-green socket methods: inside a drain, the router loop reads with
 # NOBLOCK straight from libzmq (zmq.green's wrapper re-reads ZMQ_EVENTS after
 # every message, which costs more than the receive; a flood from 50 DEALERs:
@@ -126,6 +139,8 @@ class Broker:
         # A cap far above any valid message: oversize-but-sane frames reach the
         # receive pipeline (dropped and counted there); absurd ones cut the peer.
         self.router.setsockopt(zmq.MAXMSGSIZE, self.max_frame_bytes)
+        self.router.setsockopt(zmq.RCVHWM, ROUTER_RCVHWM)
+        self.router.setsockopt(zmq.SNDHWM, ROUTER_SNDHWM)
         if self.curve_secret_key is not None:
             self.router.curve_server = True
             self.router.curve_secretkey = self.curve_secret_key.encode("ascii")
