@@ -101,6 +101,7 @@ class Broker:
         curve_secret_key: Optional[str],
         max_frame_bytes: int,
         router_batch: int = ROUTER_BATCH,
+        on_backlog: Optional[Callable[[bool], None]] = None,
     ):
         self.listen_address = listen_address
         self.heartbeat_port = heartbeat_port
@@ -112,6 +113,11 @@ class Broker:
         self.key_allowed = key_allowed
         self.curve_secret_key = curve_secret_key
         self.max_frame_bytes = max_frame_bytes
+        # Told True when a full batch was queued (a backlog) and False once the
+        # queue is empty again: the node registry's liveness clock slows down
+        # in between (heartbeats are processed late, through no fault of the nodes).
+        self.on_backlog = on_backlog
+        self.backlogged = False
         self.hostname = socket.gethostname()
         self.ctx: Optional[zmq.Context] = None
         self.pub = None
@@ -234,6 +240,8 @@ class Broker:
                     log.exception("command message handling failed (dropped)")
                 if n >= batch:
                     self.router_yields += 1
+                    if not self.backlogged:
+                        self._set_backlog(True)
                     yield_to_loop()  # let the heartbeat, the API and the DB writer run
                     n = 0
                 try:
@@ -241,12 +249,22 @@ class Broker:
                     while _raw_get(router, RCVMORE):
                         msg.append(_raw_recv(router, NOBLOCK))
                 except zmq.Again:
+                    if self.backlogged:
+                        self._set_backlog(False)
                     break  # empty: back to the green wait
                 except zmq.ZMQError as e:
                     if e.errno in (zmq.ETERM, zmq.ENOTSOCK):
                         return
                     log.warning("command socket receive failed: %s", e)
                     break
+
+    def _set_backlog(self, on: bool) -> None:
+        self.backlogged = on
+        if self.on_backlog is not None:
+            try:
+                self.on_backlog(on)
+            except Exception:
+                log.exception("backlog callback failed")
 
     def _heartbeat_loop(self) -> None:
         interval = self.heartbeat_interval

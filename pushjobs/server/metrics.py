@@ -201,6 +201,13 @@ class RuntimeCollector(Collector):
                                 "node liveness (the node FSMs' clock skips them)")
         c.add_metric([], lag.stalled)
         yield c
+        backlogged = getattr(lag, "backlogged", None)
+        if isinstance(backlogged, float):
+            c = CounterMetricFamily("pushjobs_command_backlog_seconds",
+                                    "Seconds the command ROUTER had a backlog (beyond one monitor tick): "
+                                    "heartbeats processed late; the node FSMs' clock runs slower meanwhile")
+            c.add_metric([], backlogged)
+            yield c
 
     def _broker(self) -> Iterator[Any]:
         broker = getattr(self.runtime, "broker", None)

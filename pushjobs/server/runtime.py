@@ -141,6 +141,7 @@ class Runtime:
             curve_secret_key=None if s.disable_curve_encryption else self.curve_secret_key,
             # far above any valid message; the pipeline's body cap is what counts
             max_frame_bytes=max(4 * s.max_body_size, 1 << 20),
+            on_backlog=self.registry.lag.set_backlog,
         )
         self.broker.start()
         self._greenlets.append(gevent.spawn(self._zap_purge_loop))

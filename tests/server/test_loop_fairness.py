@@ -212,6 +212,43 @@ def test_lag_monitor_jitter_is_not_a_stall_and_a_stall_is_skipped_by_the_clock()
     assert lag.now() == pytest.approx(before + 0.75)  # and runs on at full speed afterwards
 
 
+def test_a_command_backlog_slows_the_node_clock_beyond_one_tick_and_never_steps_back():
+    from pushjobs.server.nodes import BACKLOG_CREDIT
+
+    clock = FakeClock()
+    lag = LoopLagMonitor(1.0, clock=clock)  # tolerance 0.25 s
+    t0 = lag.now()
+    lag.set_backlog(True)
+    clock.t += 0.2  # a burst drained within a tick: no credit
+    assert lag.now() == pytest.approx(t0 + 0.2)
+    lag.set_backlog(False)
+    assert lag.backlogs == 0 and lag.backlogged == 0
+    t1 = lag.now()
+    lag.set_backlog(True)
+    lag.set_backlog(True)  # repeated reports do not restart the episode
+    clock.t += 4.25
+    mid = lag.now()
+    assert mid == pytest.approx(t1 + 0.25 + (1 - BACKLOG_CREDIT) * 4.0)  # slower, not stopped
+    lag.set_backlog(False)
+    assert lag.now() == pytest.approx(mid)  # continuous when the backlog ends
+    assert lag.backlogs == 1 and lag.backlogged == pytest.approx(4.0)
+    clock.t += 1.0
+    assert lag.now() == pytest.approx(mid + 1.0)  # full speed again
+    # a loop stall inside a backlog is credited by both; the clock must not step back
+    lag.arm(clock.t)
+    lag.set_backlog(True)
+    before = lag.now()
+    clock.t += 3.0
+    seen = [lag.now()]
+    lag.observe(clock.t)
+    seen.append(lag.now())
+    lag.set_backlog(False)
+    seen.append(lag.now())
+    assert all(b >= a for a, b in zip([before] + seen, seen))
+    assert lag.stalled == 0.0 or lag.stalled > 0  # both kinds counted in their own fields
+    assert lag.backlog_skipped > 0
+
+
 def test_a_stalled_loop_counts_and_warns(caplog):
     clock = FakeClock()
     lag = LoopLagMonitor(0.1, clock=clock)
@@ -292,6 +329,52 @@ def test_a_server_stall_is_not_counted_against_nodes_but_a_silent_node_still_die
         assert time.monotonic() - t_silent >= 2 * INTERVAL
         assert sink.down == [("acme", "b")] and ("acme", "b") not in reg.entries
         assert reg.is_available(("acme", "a"))
+    finally:
+        if feeder_g is not None:
+            feeder_g.kill()
+        reg.stop()
+
+
+def test_heartbeats_processed_late_behind_a_backlog_do_not_kill_nodes_but_silence_still_does():
+    """Real registry and greenlets (100 ms heartbeat). The loop keeps turning (no stall the
+    lag monitor could see) but the command queue is backlogged: every node's heartbeats
+    arrive in one late batch every 5 intervals, as in a 5,000-node fan-out on 2 cores
+    (without the backlog credit four empty intervals in a row kill them).
+    With the backlog reported no node dies; a node that really stops still does."""
+    keys = {n: os.urandom(32) for n in ("a", "b")}
+    inc = {n: str(uuid.uuid4()) for n in keys}
+    reg = NodeRegistry(settings=Settings(heartbeat_interval=100, rehab_timer=100),
+                       session_key_for=lambda org, node: keys.get(node) if org == "acme" else None,
+                       send_frames=lambda rid, frames: None, drop_counts=Counter())
+    reg.jobs = sink = DownSink()
+    reg.start()
+    beating = {"a", "b"}
+    feeder_g = None
+    try:
+        for n in keys:
+            reg.on_frames(n.encode(), _frames(n, keys[n], inc[n], "heartbeat"))
+            reg.on_frames(n.encode(), _frames(n, keys[n], inc[n], "aborted"))
+        assert all(reg.is_available(("acme", n)) for n in keys)
+
+        def feeder() -> None:
+            while True:
+                reg.lag.set_backlog(True)  # what the broker reports on a full batch
+                gevent.sleep(5 * INTERVAL)  # the queue holds the beats meanwhile
+                for n in sorted(beating):
+                    for _ in range(5):
+                        reg.on_frames(n.encode(), _frames(n, keys[n], inc[n], "heartbeat"))
+                reg.lag.set_backlog(False)  # drained
+                gevent.sleep(0)
+
+        feeder_g = gevent.spawn(feeder)
+        gevent.sleep(20 * INTERVAL)
+        assert reg.lag.backlogs >= 3 and reg.lag.stalls == 0
+        assert sink.down == [], "heartbeats processed late behind a backlog killed nodes"
+        assert all(reg.is_available(("acme", n)) for n in keys)
+
+        beating.discard("b")
+        gwait(lambda: sink.down, 60 * INTERVAL, "the silent node to be declared down despite the backlog")
+        assert sink.down == [("acme", "b")] and reg.is_available(("acme", "a"))
     finally:
         if feeder_g is not None:
             feeder_g.kill()
