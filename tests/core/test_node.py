@@ -70,11 +70,20 @@ def test_row_rehab_aborted_goes_idle_and_available():
     assert f.state == IDLE and f.available
 
 
-def test_row_rehab_timer_resends_abort_and_rearms():
+def test_row_rehab_timer_resends_abort_and_rearms_with_backoff():
     f = fsm(REHAB)
-    for t in (1.0, 2.0, 3.0):
-        assert f.on_timer("rehab", t) == [ABORT, ARM]
+    delays = []
+    for t in range(1, 7):
+        acts = f.on_timer("rehab", float(t))
+        assert acts[0] == ABORT and len(acts) == 2 and acts[1].name == "rehab"
+        delays.append(acts[1].delay)
+    assert delays == [2.0, 4.0, 8.0, 8.0, 8.0, 8.0]  # 1 s first (on entry), then 2, 4, 8, capped
     assert f.state == REHAB
+    # answered: idle; the next rehab starts again at rehab_timer
+    f.message(msg("aborted"), R1, 7.0)
+    assert f.state == IDLE
+    assert f.rehab(8.0) == [SetAvailability("web01", False), ABORT, ARM]
+    assert f.on_timer("rehab", 9.0) == [ABORT, ArmTimer("rehab", 2.0)]
 
 
 def test_row_rehab_rehab_request_is_ignored():
