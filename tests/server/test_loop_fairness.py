@@ -285,10 +285,9 @@ class DownSink:
         self.down.append(key)
 
 
-def test_a_server_stall_is_not_counted_against_nodes_but_a_silent_node_still_dies():
-    """Real registry, real greenlets and clock (100 ms heartbeat): the worker blocks for 6
-    intervals; the heartbeats the nodes sent meanwhile are processed afterwards (as a ROUTER
-    backlog would be). No node is declared down. Then a node that really stops is."""
+@pytest.fixture
+def two_idle_nodes():
+    """A real registry (100 ms heartbeat) with nodes a and b idle; `beat(n)` feeds one heartbeat."""
     keys = {n: os.urandom(32) for n in ("a", "b")}
     inc = {n: str(uuid.uuid4()) for n in keys}
     reg = NodeRegistry(settings=Settings(heartbeat_interval=100, rehab_timer=100),
@@ -296,14 +295,28 @@ def test_a_server_stall_is_not_counted_against_nodes_but_a_silent_node_still_die
                        send_frames=lambda rid, frames: None, drop_counts=Counter())
     reg.jobs = sink = DownSink()
     reg.start()
+
+    def beat(n: str) -> None:
+        reg.on_frames(n.encode(), _frames(n, keys[n], inc[n], "heartbeat"))
+
+    try:
+        for n in keys:
+            beat(n)
+            reg.on_frames(n.encode(), _frames(n, keys[n], inc[n], "aborted"))
+        assert all(reg.is_available(("acme", n)) for n in keys)
+        yield reg, sink, keys, beat
+    finally:
+        reg.stop()
+
+
+def test_a_server_stall_is_not_counted_against_nodes_but_a_silent_node_still_dies(two_idle_nodes):
+    """Real registry, real greenlets and clock (100 ms heartbeat): the worker blocks for 6
+    intervals; the heartbeats the nodes sent meanwhile are processed afterwards (as a ROUTER
+    backlog would be). No node is declared down. Then a node that really stops is."""
+    reg, sink, keys, beat = two_idle_nodes
     beating = {"a", "b"}
     feeder_g = None
     try:
-        for n in keys:
-            reg.on_frames(n.encode(), _frames(n, keys[n], inc[n], "heartbeat"))
-            reg.on_frames(n.encode(), _frames(n, keys[n], inc[n], "aborted"))
-        assert all(reg.is_available(("acme", n)) for n in keys)
-
         def feeder() -> None:
             last = time.monotonic()
             while True:
@@ -312,7 +325,7 @@ def test_a_server_stall_is_not_counted_against_nodes_but_a_silent_node_still_die
                 last = now
                 for n in sorted(beating):
                     for _ in range(due):
-                        reg.on_frames(n.encode(), _frames(n, keys[n], inc[n], "heartbeat"))
+                        beat(n)
                 gevent.sleep(INTERVAL)
 
         feeder_g = gevent.spawn(feeder)
@@ -332,37 +345,25 @@ def test_a_server_stall_is_not_counted_against_nodes_but_a_silent_node_still_die
     finally:
         if feeder_g is not None:
             feeder_g.kill()
-        reg.stop()
 
 
-def test_heartbeats_processed_late_behind_a_backlog_do_not_kill_nodes_but_silence_still_does():
+def test_heartbeats_processed_late_behind_a_backlog_do_not_kill_nodes_but_silence_still_does(two_idle_nodes):
     """Real registry and greenlets (100 ms heartbeat). The loop keeps turning (no stall the
     lag monitor could see) but the command queue is backlogged: every node's heartbeats
     arrive in one late batch every 5 intervals, as in a 5,000-node fan-out on 2 cores
     (without the backlog credit four empty intervals in a row kill them).
     With the backlog reported no node dies; a node that really stops still does."""
-    keys = {n: os.urandom(32) for n in ("a", "b")}
-    inc = {n: str(uuid.uuid4()) for n in keys}
-    reg = NodeRegistry(settings=Settings(heartbeat_interval=100, rehab_timer=100),
-                       session_key_for=lambda org, node: keys.get(node) if org == "acme" else None,
-                       send_frames=lambda rid, frames: None, drop_counts=Counter())
-    reg.jobs = sink = DownSink()
-    reg.start()
+    reg, sink, keys, beat = two_idle_nodes
     beating = {"a", "b"}
     feeder_g = None
     try:
-        for n in keys:
-            reg.on_frames(n.encode(), _frames(n, keys[n], inc[n], "heartbeat"))
-            reg.on_frames(n.encode(), _frames(n, keys[n], inc[n], "aborted"))
-        assert all(reg.is_available(("acme", n)) for n in keys)
-
         def feeder() -> None:
             while True:
                 reg.lag.set_backlog(True)  # what the broker reports on a full batch
                 gevent.sleep(5 * INTERVAL)  # the queue holds the beats meanwhile
                 for n in sorted(beating):
                     for _ in range(5):
-                        reg.on_frames(n.encode(), _frames(n, keys[n], inc[n], "heartbeat"))
+                        beat(n)
                 reg.lag.set_backlog(False)  # drained
                 gevent.sleep(0)
 
@@ -378,7 +379,7 @@ def test_heartbeats_processed_late_behind_a_backlog_do_not_kill_nodes_but_silenc
     finally:
         if feeder_g is not None:
             feeder_g.kill()
-        reg.stop()
+
 
 
 # --- bounded per-connection queues ------------------------------------------------------------
