@@ -18,6 +18,19 @@ Rules of this file:
   leaves `committed`, or at once if a lock-holding commit is refused).
 * Each committed job keeps its own options (C2): a refused `commit` while
   busy never touches them.
+* `abort` of a running job (C6). The reference answers `aborted` at once;
+  a shell whose kill is asynchronous (a real process group: TERM, grace,
+  KILL) builds the FSM with `await_kill=True`. Then the abort only kills and
+  the FSM waits in `aborting` (reported as `running` with the job id) until
+  the shell reports the process gone (`process_exited`/`process_error`) or
+  gives up (`kill_timeout`); only then does it answer `aborted`, once per
+  `abort` received meanwhile (the first names the job, the others `null`,
+  as if the aborts had been processed one after the other). Why: the server
+  holds the node in `rehab` (unavailable, §7.1) until `aborted` arrives, so
+  answering early lets it send a `commit` the node must refuse while the old
+  group still dies (seen under load). `aborted` means "reset", and a node
+  still killing its job has not reset yet. Shells whose kill is immediate
+  (the fleet simulator) keep the default and the reference's single row.
 * `Send.node` is this agent's node name; the destination is the server.
 """
 
@@ -31,11 +44,12 @@ from pushjobs.core.actions import Action, KillProcess, ReleaseLock, Send, StartP
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AgentFSM", "JobOptions", "IDLE", "COMMITTED", "RUNNING", "TRANSITIONS"]
+__all__ = ["AgentFSM", "JobOptions", "IDLE", "COMMITTED", "RUNNING", "ABORTING", "TRANSITIONS"]
 
 IDLE = "idle"
 COMMITTED = "committed"
 RUNNING = "running"
+ABORTING = "aborting"  # killed, waiting for the process group to be gone (await_kill only)
 
 # Steps of a row:
 ACK_COMMIT = "ack_commit"  # remember the new job, Send ack_commit
@@ -49,12 +63,16 @@ KILL = "kill"  # KillProcess(current job)
 REPORT_EXIT = "report_exit"  # succeeded / failed (+ output if capture)
 REPORT_FAILED = "report_failed"  # failed, no output (C12)
 ABORTED = "aborted"  # Send aborted with the current job id (or None)
+DEFER_ABORTED = "defer_aborted"  # count an abort, answered once the group is gone
+ABORTED_DEFERRED = "aborted_deferred"  # Send the counted aborteds: the job id first, then None
 FORGET = "forget"  # drop the current job
 
 # Events: commit_ok / commit_refused (idle; the shell's verdict or a malformed
 # commit), commit_busy (a commit while committed/running), run (for the
 # committed job), run_other (any other run), exit (the running job's process
-# ended), error (an exception spawning/waiting for it, C12), abort.
+# ended), error (an exception spawning/waiting for it, C12), abort,
+# abort_await_kill (an abort of the running job when the FSM has await_kill),
+# kill_timeout (await_kill: the shell gave up waiting for the group to die).
 #: (state, event) -> (steps, next state). Missing rows: the event is ignored.
 TRANSITIONS: dict[tuple[str, str], tuple[tuple[str, ...], str]] = {
     (IDLE, "commit_ok"): ((ACK_COMMIT,), COMMITTED),
@@ -70,6 +88,14 @@ TRANSITIONS: dict[tuple[str, str], tuple[tuple[str, ...], str]] = {
     (IDLE, "abort"): ((ABORTED,), IDLE),
     (COMMITTED, "abort"): ((RELEASE_LOCK, ABORTED, FORGET), IDLE),
     (RUNNING, "abort"): ((KILL, ABORTED, FORGET), IDLE),  # C6: kill the process group
+    # await_kill: `aborted` once the killed group is gone (or the kill timed out)
+    (RUNNING, "abort_await_kill"): ((KILL, DEFER_ABORTED), ABORTING),
+    (ABORTING, "abort"): ((DEFER_ABORTED,), ABORTING),
+    (ABORTING, "commit_busy"): ((DROP_NEW_LOCK, NACK_COMMIT), ABORTING),
+    (ABORTING, "run_other"): ((NACK_RUN,), ABORTING),
+    (ABORTING, "exit"): ((ABORTED_DEFERRED, FORGET), IDLE),
+    (ABORTING, "error"): ((ABORTED_DEFERRED, FORGET), IDLE),
+    (ABORTING, "kill_timeout"): ((ABORTED_DEFERRED, FORGET), IDLE),
 }
 
 
@@ -103,13 +129,16 @@ class _Job:
     command: str
     options: JobOptions
     locked: bool = False
+    aborts: int = 0  # aborts received while its group dies (await_kill)
 
 
 class AgentFSM:
-    """The agent's job runner: `idle` → `committed` → `running` → `idle`."""
+    """The agent's job runner: `idle` → `committed` → `running` → `idle`
+    (with `await_kill`, an abort goes `running` → `aborting` → `idle`)."""
 
-    def __init__(self, node: str):
+    def __init__(self, node: str, *, await_kill: bool = False):
         self.node = node
+        self.await_kill = await_kill
         self.state = IDLE
         self._job: Optional[_Job] = None
 
@@ -132,8 +161,12 @@ class AgentFSM:
         return self.state == IDLE
 
     def heartbeat_fields(self) -> dict[str, Any]:
-        """The heartbeat's `job_state`/`job_id` (§5.1)."""
-        return {"job_state": self.state, "job_id": self.job_id}
+        """The heartbeat's `job_state`/`job_id` (§5.1). `aborting` is not a
+        wire state: the job's processes still exist, so it says `running`.
+        The server holds the node in `rehab` meanwhile, where a heartbeat
+        naming a job that is no longer live (a rehab request) is ignored."""
+        state = RUNNING if self.state == ABORTING else self.state
+        return {"job_state": state, "job_id": self.job_id}
 
     # --- events -------------------------------------------------------------
 
@@ -178,24 +211,41 @@ class AgentFSM:
         """The process of `job_id` ended with `exit_status` (0 = success;
         negative = killed by a signal). Output is attached only if the job
         asked for capture; keeping the message under `max_body_size` (C7) is
-        the shell's job. Ignored unless that job is the one running."""
-        if self.state != RUNNING or job_id != self.job_id:
+        the shell's job. Ignored unless that job is the one running (or, with
+        `await_kill`, being aborted: then the group is gone and the deferred
+        `aborted` goes out)."""
+        if self.state not in (RUNNING, ABORTING) or job_id != self.job_id:
             log.info("exit of job %r ignored (current %r, %s)", job_id, self.job_id, self.state)
             return []
         return self._apply("exit", exit_status=exit_status, stdout=stdout, stderr=stderr)
 
     def process_error(self, job_id: str, error: str, now: float) -> list[Action]:
         """Spawning or waiting for the process of `job_id` raised (C12): kill
-        what may remain, report `failed`, go idle."""
-        if self.state != RUNNING or job_id != self.job_id:
+        what may remain, report `failed`, go idle. While `aborting` it ends
+        the wait like an exit."""
+        if self.state not in (RUNNING, ABORTING) or job_id != self.job_id:
             return []
         log.warning("job %s: runner error: %s", job_id, error)
         return self._apply("error")
 
     def abort(self, now: float) -> list[Action]:
         """`abort` from the server: whatever the state, reset to idle and
-        answer `aborted` with the job that was current (or None)."""
+        answer `aborted` with the job that was current (or None). With
+        `await_kill`, a running job is killed first and the answer waits
+        until its group is gone (see the module docstring)."""
+        if self.state == RUNNING and self.await_kill:
+            return self._apply("abort_await_kill")
         return self._apply("abort")
+
+    def kill_timeout(self, job_id: str, now: float) -> list[Action]:
+        """The shell waited its kill timeout for the aborted job's group and
+        it is still there (unkillable, or the waiter is stuck): answer the
+        deferred `aborted` now so the agent is never wedged; keeping new
+        jobs away from the survivors is then the shell's business."""
+        if self.state != ABORTING or job_id != self.job_id:
+            return []
+        log.warning("job %s: kill timeout; answering aborted with its processes still alive", job_id)
+        return self._apply("kill_timeout")
 
     # --- the few lines that apply the table ------------------------------------
 
@@ -252,6 +302,13 @@ class AgentFSM:
                 out.append(Send(self.node, "failed", {"job_id": cur.job_id}))
             elif step == ABORTED:
                 out.append(Send(self.node, "aborted", {"job_id": cur.job_id if cur else None}))
+            elif step == DEFER_ABORTED:
+                assert cur is not None
+                cur.aborts += 1
+            elif step == ABORTED_DEFERRED:
+                assert cur is not None
+                for i in range(max(1, cur.aborts)):
+                    out.append(Send(self.node, "aborted", {"job_id": cur.job_id if i == 0 else None}))
             elif step == FORGET:
                 self._job = None
         self.state = next_state

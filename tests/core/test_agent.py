@@ -1,10 +1,11 @@
 """PROTOCOL.md §8: the agent's job runner FSM. One test per §8.2 row (with the
-fixes C1, C2, C4, C6, C12), then the table itself."""
+fixes C1, C2, C4, C6, C12), then the table itself, then the `await_kill` rows
+(`aborted` only once the aborted job's process group is gone)."""
 
 import pytest
 
 from pushjobs.core.actions import KillProcess, ReleaseLock, Send, StartProcess
-from pushjobs.core.agent import COMMITTED, IDLE, RUNNING, TRANSITIONS, AgentFSM, JobOptions
+from pushjobs.core.agent import ABORTING, COMMITTED, IDLE, RUNNING, TRANSITIONS, AgentFSM, JobOptions
 
 J1, J2 = "1" * 32, "2" * 32
 OPTS1 = JobOptions(user="deploy", dir="/srv/app", env={"K": "V"}, file="raw:hello", capture=True)
@@ -15,12 +16,14 @@ def send(type_, job_id, **extra):
     return Send("web01", type_, {"job_id": job_id, **extra})
 
 
-def agent(state=IDLE, options=OPTS1, locked=False) -> AgentFSM:
-    a = AgentFSM("web01")
-    if state in (COMMITTED, RUNNING):
+def agent(state=IDLE, options=OPTS1, locked=False, await_kill=False) -> AgentFSM:
+    a = AgentFSM("web01", await_kill=await_kill or state == ABORTING)
+    if state in (COMMITTED, RUNNING, ABORTING):
         a.commit(J1, "chef-client", options, 0.0, locked=locked)
-    if state == RUNNING:
+    if state in (RUNNING, ABORTING):
         a.run(J1, 1.0)
+    if state == ABORTING:
+        a.abort(2.0)
     assert a.state == state
     return a
 
@@ -40,6 +43,13 @@ def test_table_rows():
         (IDLE, "abort"),
         (COMMITTED, "abort"),
         (RUNNING, "abort"),
+        (RUNNING, "abort_await_kill"),
+        (ABORTING, "abort"),
+        (ABORTING, "commit_busy"),
+        (ABORTING, "run_other"),
+        (ABORTING, "exit"),
+        (ABORTING, "error"),
+        (ABORTING, "kill_timeout"),
     }
 
 
@@ -180,6 +190,75 @@ def test_spawn_failure_is_reported_after_ack_run():
     acts = a.run(J1, 1.0)
     assert [type(x).__name__ for x in acts] == ["StartProcess", "Send"]
     assert a.process_error(J1, "exec failed", 1.1)[-1] == send("failed", J1)
+
+
+# --- await_kill: `aborted` once the aborted job's group is gone ------------------------------
+
+
+def test_row_running_abort_await_kill_kills_and_defers_aborted():
+    a = agent(RUNNING, await_kill=True)
+    assert a.abort(2.0) == [KillProcess(J1)]  # no aborted yet: the group may still be dying
+    assert a.state == ABORTING and a.job_id == J1 and not a.accepts_commit
+    assert a.heartbeat_fields() == {"job_state": "running", "job_id": J1}  # not a wire state
+
+
+@pytest.mark.parametrize("state", [IDLE, COMMITTED])
+def test_await_kill_changes_nothing_when_no_process_runs(state):
+    a = agent(state, locked=True, await_kill=True)
+    expected = [send("aborted", None)] if state == IDLE else [ReleaseLock(J1), send("aborted", J1)]
+    assert a.abort(2.0) == expected
+    assert a.state == IDLE
+
+
+def test_row_aborting_abort_is_counted_and_answered_later():
+    a = agent(ABORTING)
+    assert a.abort(3.0) == [] and a.abort(4.0) == []  # the server's rehab resends
+    assert a.state == ABORTING
+    # once gone: one aborted per abort, as if processed in turn (the first names the job)
+    assert a.process_exited(J1, -9, None, None, 5.0) == [
+        send("aborted", J1), send("aborted", None), send("aborted", None)]
+
+
+def test_row_aborting_commit_is_nacked_and_a_new_lock_released():
+    a = agent(ABORTING)
+    assert a.commit(J2, "chef-client", OPTS2, 3.0, locked=True) == [ReleaseLock(J2), send("nack_commit", J2)]
+    assert a.state == ABORTING and a.job_id == J1 and a.options == OPTS1
+
+
+@pytest.mark.parametrize("run_id", [J1, J2, None])
+def test_row_aborting_run_is_nacked(run_id):
+    a = agent(ABORTING)
+    assert a.run(run_id, 3.0) == [send("nack_run", run_id)]
+    assert a.state == ABORTING
+
+
+def test_row_aborting_exit_answers_aborted_and_goes_idle():
+    a = agent(ABORTING)
+    assert a.process_exited(J2, 0, "", "", 3.0) == []  # another job's exit: still waiting
+    assert a.process_exited(J1, -15, "out", "err", 3.0) == [send("aborted", J1)]  # no succeeded/failed
+    assert a.state == IDLE and a.job_id is None and a.accepts_commit
+    assert a.process_exited(J1, -15, "", "", 4.0) == []
+
+
+def test_row_aborting_error_answers_aborted_and_goes_idle():
+    a = agent(ABORTING)
+    assert a.process_error(J1, "waiter died", 3.0) == [send("aborted", J1)]
+    assert a.state == IDLE
+
+
+def test_row_aborting_kill_timeout_answers_aborted_so_the_agent_is_never_wedged():
+    a = agent(ABORTING)
+    a.abort(3.0)
+    assert a.kill_timeout(J2, 9.0) == []  # a stale timer of another job
+    assert a.kill_timeout(J1, 10.0) == [send("aborted", J1), send("aborted", None)]
+    assert a.state == IDLE and a.accepts_commit
+    assert a.kill_timeout(J1, 11.0) == [] and a.process_exited(J1, -9, "", "", 12.0) == []
+
+
+def test_kill_timeout_outside_aborting_is_ignored():
+    for state in (IDLE, COMMITTED, RUNNING):
+        a = agent(state, await_kill=True)
+        assert a.kill_timeout(J1, 5.0) == [] and a.state == state
 
 
 # --- §5.4 malformed commits ----------------------------------------------------------------------
