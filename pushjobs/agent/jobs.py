@@ -8,8 +8,13 @@ killing the process group, and carrying out the FSM's actions in order.
 
 Extra rules of the shell:
 
-* A commit is refused while the previous job's process group is still being
-  killed (after an abort): the node never runs two jobs at once.
+* An abort of a running job is answered (`aborted`) only once the job's
+  process group is gone (the FSM's `await_kill`): the server keeps the node
+  in rehab, unavailable, until then, so it does not send a commit the node
+  would have to refuse. A group that will not die (KILL fails, a process
+  stuck in the kernel) cannot wedge the agent: after `kill_timeout` the
+  abort is answered anyway, and commits are then refused (`nack_commit`)
+  while the old process still runs: the node never runs two jobs at once.
 * The whitelist (and the job-related settings) can be replaced at any time
   with `update()`, but the change only takes effect when the runner is idle,
   so a reload never changes what a committed or running job executes.
@@ -22,15 +27,21 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
-from pushjobs.agent.runner import CommitRefused, JobProcess, JobResult, JobSpec, check_job_options
+from pushjobs.agent.runner import (KILL_WAIT, CommitRefused, JobProcess, JobResult, JobSpec,
+                                   check_job_options)
 from pushjobs.agent.whitelist import Resolved, Whitelist
 from pushjobs.core.actions import KillProcess, ReleaseLock, Send, StartProcess
 from pushjobs.core.agent import IDLE, AgentFSM, JobOptions
 
 log = logging.getLogger(__name__)
+
+#: Slack beyond TERM grace + KILL wait before an abort is answered although the
+#: job's group is not gone (output drain, a loaded machine).
+KILL_TIMEOUT_SLACK = 5.0
 
 
 @dataclass(frozen=True)
@@ -44,6 +55,15 @@ class JobSettings:
     run_timeout: Optional[float] = 86400.0
     allowed_overwritable_env_vars: Optional[Sequence[str]] = None
     lockfile: str = "/var/chef/cache/chef-client-running.pid"
+    #: seconds from an abort until it is answered even if the job's process
+    #: group is still alive; None: term_grace_period + KILL_WAIT + KILL_TIMEOUT_SLACK
+    kill_timeout: Optional[float] = None
+
+    @property
+    def effective_kill_timeout(self) -> float:
+        if self.kill_timeout is not None:
+            return self.kill_timeout
+        return self.term_grace_period + KILL_WAIT + KILL_TIMEOUT_SLACK
 
     @classmethod
     def from_settings(cls, settings: Any) -> "JobSettings":
@@ -51,7 +71,8 @@ class JobSettings:
                    file_dir=settings.file_dir, max_output_bytes=settings.max_output_bytes,
                    term_grace_period=settings.term_grace_period, run_timeout=settings.run_timeout,
                    allowed_overwritable_env_vars=settings.allowed_overwritable_env_vars,
-                   lockfile=settings.effective_lockfile)
+                   lockfile=settings.effective_lockfile,
+                   kill_timeout=getattr(settings, "kill_timeout", None))
 
 
 class LockHeld(Exception):
@@ -88,7 +109,7 @@ class AgentJobs:
     def __init__(self, node_name: str, settings: JobSettings, *,
                  process_factory: Callable[..., JobProcess] = JobProcess):
         self.node = node_name
-        self.fsm = AgentFSM(node_name)
+        self.fsm = AgentFSM(node_name, await_kill=True)
         self.settings = settings
         self._pending_settings: Optional[JobSettings] = None
         self._process_factory = process_factory
@@ -97,6 +118,7 @@ class AgentJobs:
         self._locks: dict[str, int] = {}
         self._process: Optional[JobProcess] = None
         self._dying: list[JobProcess] = []
+        self._kill_timer: Any = None  # (job_id, timer handle) while an abort waits for its group
         self.history: list[JobResult] = []  # last results, for diagnostics and tests
 
     # --- JobHandler protocol ------------------------------------------------------
@@ -223,16 +245,54 @@ class AgentJobs:
     def _kill(self, job_id: str) -> None:
         proc = self._process
         if proc is not None and proc.spec.job_id == job_id:
-            log.info("[%s] job %s: aborting; killing its process group", self.node, job_id)
+            log.info("[%s] job %s: aborting; killing its process group (aborted once it is gone)",
+                     self.node, job_id)
             proc.abort()
             self._dying.append(proc)
             self._process = None
+        if self.fsm.state != IDLE and self.fsm.job_id == job_id:
+            # The FSM waits for the exit (or the error) of the job; never forever.
+            self._arm_kill_timer(job_id, self.settings.effective_kill_timeout)
+
+    def _arm_kill_timer(self, job_id: str, delay: float) -> None:
+        self._cancel_kill_timer()
+        fire = lambda: self._kill_timed_out(job_id)  # noqa: E731
+        loop = self._session.loop if self._session is not None else None
+        if loop is not None and hasattr(loop, "call_later"):
+            handle: Any = loop.call_later(delay, fire)
+        else:  # no loop: a thread hands the timeout to wherever _post runs it
+            handle = threading.Timer(delay, lambda: self._post(fire))
+            handle.daemon = True
+            handle.start()
+        self._kill_timer = (job_id, handle)
+
+    def _cancel_kill_timer(self, job_id: Optional[str] = None) -> None:
+        if self._kill_timer is not None and (job_id is None or self._kill_timer[0] == job_id):
+            self._kill_timer[1].cancel()
+            self._kill_timer = None
+
+    def _kill_timed_out(self, job_id: str) -> None:
+        if self._kill_timer is not None and self._kill_timer[0] == job_id:
+            self._kill_timer = None
+        actions = self.fsm.kill_timeout(job_id, self._now())
+        if actions:
+            pids = [p.pid for p in self._dying if not p.done and p.spec.job_id == job_id]
+            log.warning("[%s] job %s: process group %s still alive %.1f s after the abort; "
+                        "answering aborted anyway; commits are refused until it is gone",
+                        self.node, job_id, pids[0] if pids else "?",
+                        self.settings.effective_kill_timeout)
+            self._execute(actions)
+            self._maybe_apply_settings()
 
     def _exited(self, result: JobResult) -> None:
         self.history.append(result)
         del self.history[:-20]
         if self._process is not None and self._process.spec.job_id == result.job_id:
             self._process = None
+        self._cancel_kill_timer(result.job_id)
+        if result.survivors:
+            log.warning("[%s] job %s: processes of its group survived SIGKILL; the node is "
+                        "considered free anyway", self.node, result.job_id)
         if result.exit_code is not None:
             status = result.exit_code
         elif result.signal is not None:
@@ -256,12 +316,18 @@ class AgentJobs:
         return session.loop.clock() if session is not None else 0.0
 
     def shutdown(self, grace: Optional[float] = None) -> None:
-        """Kill the running job (agent stopping) and release every lock."""
+        """Kill the running job (agent stopping), wait (bounded) for the groups
+        of aborted jobs still dying (their killer threads die with the agent),
+        and release every lock."""
+        self._cancel_kill_timer()
         proc = self._process
         if proc is not None and not proc.done:
             proc.term_grace = grace if grace is not None else proc.term_grace
             proc.abort("agent stopping")
-            proc.wait(proc.term_grace + 3)
+            proc.wait(proc.term_grace + KILL_WAIT + 1)
+        for dying in self._dying:
+            if not dying.done:
+                dying.wait(dying.term_grace + KILL_WAIT + 1)
         for fd in self._locks.values():
             release_lock(fd)
         self._locks.clear()

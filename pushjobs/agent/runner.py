@@ -17,7 +17,9 @@ Why it looks like this (PROTOCOL.md §12.2, USERLAND.md §2.7, C6/C7/C12):
   background child holding the pipes open cannot wedge the agent.
 * Every way a job can end (exit, signal, spawn failure, timeout, abort)
   produces exactly one `JobResult` through `on_exit`, so the agent never
-  stays `running` after its job is gone.
+  stays `running` after its job is gone. For a killed job the result comes
+  only once the group is gone (or KILL failed: `survivors`), so the agent
+  can answer an abort when the node is really free.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ _INHERITED_ENV = ("PATH", "LANG", "LANGUAGE", "TZ", "TERM", "http_proxy", "https
                   "ftp_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "FTP_PROXY", "NO_PROXY")
 TRUNCATION_MARKER = "\n[... pushjobs: {n} bytes of output dropped ...]\n"
 FILE_PREFIX = "pushy_file"
+KILL_WAIT = 2.0  # seconds to wait for the group to vanish after SIGKILL
 
 SUCCEEDED = "succeeded"
 FAILED = "failed"
@@ -88,6 +91,7 @@ class JobResult:
     timed_out: bool = False
     error: Optional[str] = None
     duration: float = 0.0
+    survivors: bool = False  # killed, but processes of its group outlived SIGKILL
 
 
 # --- commit-time checks (PROTOCOL.md §12.2) ----------------------------------------
@@ -261,8 +265,9 @@ def group_alive(pgid: int) -> bool:
     return False
 
 
-def kill_group(pgid: int, grace: float, *, poll: float = 0.05) -> bool:
-    """TERM the group, KILL what is left after `grace` s; True if it is gone."""
+def kill_group(pgid: int, grace: float, *, poll: float = 0.05, kill_wait: float = KILL_WAIT) -> bool:
+    """TERM the group, KILL what is left after `grace` s; True if it is gone
+    (checked for up to `kill_wait` s after the KILL)."""
     try:
         os.killpg(pgid, signal.SIGTERM)
     except ProcessLookupError:
@@ -278,7 +283,7 @@ def kill_group(pgid: int, grace: float, *, poll: float = 0.05) -> bool:
         os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
-    deadline = time.monotonic() + 2.0
+    deadline = time.monotonic() + kill_wait
     while time.monotonic() < deadline:
         if not group_alive(pgid):
             return True
@@ -474,9 +479,14 @@ class JobProcess:
                 deadline = None
         with self._lock:
             reason = self._kill_reason
+        survivors = False
         if reason is not None:
-            # Aborted or timed out: make sure nothing of the tree survives.
-            kill_group(proc.pid, self.term_grace)
+            # Aborted or timed out: make sure nothing of the tree survives
+            # before reporting (the agent answers an abort on this result).
+            survivors = not kill_group(proc.pid, self.term_grace)
+            if survivors:
+                log.warning("[%s] job %s: processes of group %d survived SIGKILL",
+                            spec.node_name, spec.job_id, proc.pid)
         if reader is not None:
             reader.join(self.drain_timeout)
             stop.set()
@@ -502,7 +512,7 @@ class JobProcess:
         log.info("[%s] job %s: %s (exit %s%s)", spec.node_name, spec.job_id, status,
                  exit_code, f", signal {sig}" if sig else "")
         self._finish(JobResult(spec.job_id, status, exit_code, sig, stdout, stderr, truncated,
-                               timed_out, None, time.monotonic() - self._started_at))
+                               timed_out, None, time.monotonic() - self._started_at, survivors))
 
     def _finish(self, result: JobResult) -> None:
         self._result = result

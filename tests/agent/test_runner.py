@@ -172,6 +172,41 @@ def test_abort_kills_the_whole_tree_including_a_term_ignoring_child(tmp_path):
     assert time.monotonic() - t0 < 5
 
 
+def test_an_aborted_jobs_result_comes_only_once_its_whole_group_is_gone():
+    """The agent answers `aborted` on this result, so when it arrives nothing of
+    the group may be alive: here the shell and its background child both
+    ignore TERM and only die of the KILL after the grace period."""
+    seen = []
+
+    def on_exit(r):  # checked at the moment of the callback, on the waiter thread
+        seen.append((r, group_alive(job.pid), time.monotonic()))
+
+    job = JobProcess(spec(["/bin/sh", "-c", "trap '' TERM; sleep 30 & echo up; wait"], capture=False),
+                     on_exit=on_exit, term_grace=0.4)
+    job.start()
+    assert wait_for(lambda: _group_has(job.pid, b"sleep")), "the TERM-ignoring child never started"
+    t0 = time.monotonic()
+    job.abort()
+    assert wait_for(lambda: seen), "no result"
+    r, alive, at = seen[0]
+    assert r.status == ABORTED and not r.survivors
+    assert not alive
+    assert at - t0 >= 0.4  # TERM was ignored: only the KILL after the grace ended it
+
+
+def _group_has(pgid, comm):
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                data = open(f"/proc/{entry}/stat", "rb").read()
+            except OSError:
+                continue
+            rest = data[data.rfind(b")") + 2:].split()
+            if int(rest[2]) == pgid and data[data.find(b"(") + 1:data.rfind(b")")] == comm:
+                return True
+    return False
+
+
 def test_run_timeout_kills_tree_and_reports_failed(tmp_path):
     pidfile = str(tmp_path / "child")
     r, job = run_job(spec([PY, "-c", TREE, pidfile, "ignore"], timeout=0.5), term_grace=0.3)
