@@ -23,6 +23,7 @@ from .errors import ProtocolError
 __all__ = [
     "http_date",
     "parse_http_date",
+    "parse_http_date_cached",
     "iso8601",
     "parse_iso8601",
     "sse_timestamp",
@@ -53,9 +54,29 @@ def _now(t: float | None) -> float:
     return time.time() if t is None else t
 
 
+# http_date() of the current second: every message the server sends in one
+# second carries the same text (1 s resolution), so it is formatted once.
+_last_second: int | None = None
+_last_text = ""
+
+
 def http_date(t: float | None = None) -> str:
     """RFC 1123 date in GMT, e.g. ``Tue, 04 Sep 2012 23:01:02 GMT``."""
-    tm = time.gmtime(_now(t))
+    global _last_second, _last_text
+    if t is None:
+        t = time.time()
+    if 0.0 <= t < 1e11:  # the ordinary range: memoize by whole second
+        sec = int(t)
+        if sec == _last_second:
+            return _last_text
+        text = _format_http_date(sec)
+        _last_second, _last_text = sec, text
+        return text
+    return _format_http_date(t)
+
+
+def _format_http_date(t: float) -> str:
+    tm = time.gmtime(t)
     return "%s, %02d %s %04d %02d:%02d:%02d GMT" % (
         _DAYS[tm.tm_wday],
         tm.tm_mday,
@@ -84,6 +105,25 @@ def parse_http_date(s: str) -> float:
     if not isinstance(s, str):
         raise ProtocolError("bad_timestamp", f"timestamp is not a string: {type(s).__name__}")
     return _parse_http_date(s)
+
+
+#: The last few distinct timestamp strings seen by `parse_http_date_cached`
+#: (a node stamps with 1 s resolution: a busy server sees the same 1-3 strings
+#: over and over). Bounded: cleared when it holds this many.
+_RECENT_MAX = 16
+_recent: dict[str, float] = {}
+
+
+def parse_http_date_cached(s: str) -> float:
+    """`parse_http_date` for a str, memoized for the last few distinct strings
+    (the server's receive path: one call per message). Errors are not cached."""
+    v = _recent.get(s)
+    if v is None:
+        v = _parse_http_date(s)
+        if len(_recent) >= _RECENT_MAX:
+            _recent.clear()
+        _recent[s] = v
+    return v
 
 
 @functools.lru_cache(maxsize=4096)
