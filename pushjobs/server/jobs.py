@@ -102,6 +102,22 @@ class LiveJob:
     #: the writer's `submitted` count once `Finished` was carried out: every write of
     #: the job is in the database when the writer's `committed` count reaches it
     done_mark: Optional[int] = None
+    #: time.time() of the job's milestones (`PHASES`): where a fan-out's time goes
+    marks: dict[str, float] = field(default_factory=dict)
+
+
+#: the milestones of a job, in the order they normally happen (`LiveJob.marks`, logged at the end)
+PHASES = ("created", "start_job", "first_commit", "last_commit", "first_ack_commit", "last_ack_commit",
+          "running", "first_run", "last_run", "first_ack_run", "last_ack_run", "first_succeeded",
+          "last_succeeded", "finished", "stored")
+_FIRST = {t: ("first_" + t, "last_" + t) for t in ("ack_commit", "ack_run", "succeeded")}
+
+
+def phase_line(marks: dict[str, float]) -> str:
+    """`at EPOCH` (the job's creation, or its first milestone) then `name +seconds` for each
+    milestone reached: a log line that the fan-out benchmark reads."""
+    t0 = marks.get("created", min(marks.values(), default=0.0))
+    return f"at {t0:.6f} " + " ".join(f"{p} +{marks[p] - t0:.3f}" for p in PHASES if p in marks)
 
 
 @dataclass(frozen=True)
@@ -530,6 +546,7 @@ class JobCoordinator:
         """Run a stored `new` job: build its FSM and carry out `start`."""
         if job_id in self.live:
             return
+        t_start = time.time()
         job = store.Job.get_or_none(store.Job.id == job_id)
         if job is None:
             raise KeyError(f"job {job_id} not found")
@@ -563,6 +580,9 @@ class JobCoordinator:
             self.writer.submit(JobStatusWrite(job_id, "crashed", time.time()))
             return
         lj = LiveJob(job_id, org_name, fsm, self.bus.open_job_feed(job_id))
+        lj.marks["start_job"] = t_start
+        if job.created_at is not None:
+            lj.marks["created"] = job.created_at.replace(tzinfo=_dt.timezone.utc).timestamp()
         self.live[job_id] = lj
         available = {n for n in nodes if self.registry.is_available((org_name, n))}
         log.info("job %s: starting on %d nodes (%d available), quorum %d", job_id, len(nodes), len(available), fsm.quorum)
@@ -580,7 +600,14 @@ class JobCoordinator:
         lj = self.live.get(job_id)
         if lj is None or lj.org != key[0]:
             return
-        self._execute(lj, lj.fsm.message(key[1], mtype, body, time.time()))
+        now = time.time()
+        names = _FIRST.get(mtype)
+        if names is not None:
+            marks = lj.marks
+            if names[0] not in marks:
+                marks[names[0]] = now
+            marks[names[1]] = now
+        self._execute(lj, lj.fsm.message(key[1], mtype, body, now))
 
     def node_down(self, key: NodeKey) -> None:
         org, node = key
@@ -683,8 +710,16 @@ class JobCoordinator:
             self.writer.submit(NodeStatusWrite(jid, a.node, a.status, time.time()))
         elif t is A.Send:
             self.registry.send_to((lj.org, a.node), a.type, dict(a.fields))
+            if a.type in ("commit", "run"):
+                marks, now = lj.marks, time.time()
+                first = "first_" + a.type
+                if first not in marks:
+                    marks[first] = now
+                marks["last_" + a.type] = now
         elif t is A.SetJobStatus:
             lj.status_at = time.time()
+            if a.status == "running":
+                lj.marks["running"] = lj.status_at
             if a.status not in JOB_TERMINAL:
                 lj.live_status, lj.live_status_at = a.status, lj.status_at
             self.writer.submit(JobStatusWrite(jid, a.status, lj.status_at))
@@ -729,12 +764,19 @@ class JobCoordinator:
     def _finished(self, lj: LiveJob, status: str) -> None:
         """§9.6: end live streams, linger `wait_complete_time`, then forget the job."""
         log.info("job %s: finished (%s)", lj.job_id, status)
-        lj.finished_at = time.time()
+        lj.finished_at = lj.marks["finished"] = time.time()
         lj.done_mark = self.writer.submitted
+        gevent.spawn(self._log_phases, lj)
         for name in list(lj.timers):
             self._cancel(lj, name)
         lj.feed.finish()
         gevent.spawn_later(float(self.settings.wait_complete_time), self._forget, lj)
+
+    def _log_phases(self, lj: LiveJob) -> None:
+        """Once the finished job's writes are stored: one line with its milestones (docs/performance.md)."""
+        if lj.done_mark is not None and self.writer.wait_committed(lj.done_mark, 60.0):
+            lj.marks["stored"] = time.time()
+        log.info("job %s: phases: %s", lj.job_id, phase_line(lj.marks))
 
     def _forget(self, lj: LiveJob) -> None:
         if self.live.get(lj.job_id) is lj:

@@ -134,6 +134,8 @@ def fanout(b: Bench, runs: int, profile_dir: Optional[Path], hb: HeartbeatWatch,
         if profile_dir is not None and run == runs - 1:
             prof = start_profile(worker, 10, profile_dir / "fanout-server.txt")
             time.sleep(1.0)
+        cpu0 = procstat.sample(worker).cpu, sum(procstat.sample(p).cpu for p in b.fleet_pids())
+        w0 = time.time()
         t0 = time.monotonic()
         r = b.admin.post("jobs", json={"command": "chef-client", "nodes": names, "run_timeout": 600})
         t_post = time.monotonic() - t0
@@ -151,6 +153,13 @@ def fanout(b: Bench, runs: int, profile_dir: Optional[Path], hb: HeartbeatWatch,
                     break
             time.sleep(0.05 if b.nodes <= 1000 else 0.2)  # polling costs the server CPU too
         elapsed = time.monotonic() - t0
+        cpu1 = procstat.sample(worker).cpu, sum(procstat.sample(p).cpu for p in b.fleet_pids())
+        phases = server_phases(b, job_id) if b.server_settings.get("log_level") in ("info", "debug") else {}
+        if phases:
+            client = {"post_sent": w0, "post_returned": w0 + t_post, "seen": w0 + elapsed}
+            log(f"fan-out run {run + 1} phases (s since POST sent): " + " ".join(
+                f"{k} +{v - w0:.3f}" for k, v in sorted({**phases, **client}.items(), key=lambda kv: kv[1]))
+                + f"; CPU s meanwhile: server {cpu1[0] - cpu0[0]:.2f}, fleet {cpu1[1] - cpu0[1]:.2f}")
         jr = b.admin.get(f"jobs/{job_id}")
         if jr.status_code == 200:
             node_counts.append({k: len(v) for k, v in jr.json().get("nodes", {}).items()})
@@ -177,6 +186,24 @@ def fanout(b: Bench, runs: int, profile_dir: Optional[Path], hb: HeartbeatWatch,
     }
     log(f"fan-out: {json.dumps({k: v for k, v in res.items() if k != 'job_ids'})}")
     return res
+
+
+def server_phases(b: Bench, job_id: str, timeout: float = 5.0) -> dict[str, float]:
+    """The job's milestones (time.time()) from the server's "phases" log line; {} when the
+    server does not log at INFO (`--server-log-level info`) or the line does not come."""
+    assert b.server is not None
+    needle = f"job {job_id}: phases: at "
+    deadline = time.monotonic() + timeout
+    while True:
+        text = b.server.log_text()
+        at = text.rfind(needle)
+        if at >= 0:
+            words = text[at + len(needle):].splitlines()[0].split()
+            base = float(words[0])
+            return {words[i]: base + float(words[i + 1]) for i in range(1, len(words) - 1, 2)}
+        if time.monotonic() > deadline:
+            return {}
+        time.sleep(0.1)
 
 
 # --------------------------------------------------------------------------------------
@@ -284,7 +311,8 @@ def _seconds_left(stop_by: Optional[str]) -> float:
 
 
 def suite(a: argparse.Namespace) -> int:
-    b = Bench(a.nodes, db=a.db, fleet_processes=a.fleet_processes, sub_mode=a.sub)
+    b = Bench(a.nodes, db=a.db, fleet_processes=a.fleet_processes, sub_mode=a.sub,
+              server_settings={"log_level": a.server_log_level})
     profile_dir = b.workdir / "profiles" if a.profile else None
     if profile_dir is not None:
         profile_dir.mkdir(parents=True)
@@ -442,6 +470,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-seconds", type=float, default=3600.0, help="the fleet stops by itself after this")
     s.add_argument("--no-profile", dest="profile", action="store_false")
     s.add_argument("--fleet-args", default="", help="extra pushjobs-fleet arguments, e.g. '--http-threads 2'")
+    s.add_argument("--server-log-level", default="warning",
+                   help="the server's log_level; 'info' also prints each fan-out's phases (the server's "
+                        "job milestones next to the client's POST and first `complete` seen)")
     s.add_argument("--avail-timeout", type=float, default=120.0,
                    help="seconds to wait for every node before each fan-out run (then it runs anyway)")
     s.add_argument("--stop-by", metavar="HH:MM", default=None,

@@ -8,11 +8,12 @@ The end-to-end versions with the real server subprocess are test_e2e_jobs*.py.
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 
 from pushjobs.server import store
-from pushjobs.server.jobs import truncate_output
+from pushjobs.server.jobs import PHASES, phase_line, truncate_output
 from tests.helpers.fakenode import SseReader
 from tests.server.test_broker import acme, available, blocking, connect, gwait, live, nodes  # noqa: F401
 
@@ -91,6 +92,27 @@ def test_happy_path_persists_everything_and_streams(live, acme, nodes, http):
     assert b"[pushjobs: output truncated at 64 bytes]" in bytes(out.stdout)
     r = blocking(lambda: http.get(f"jobs/{jid}/output/web1/stdout", headers={"Accept": "application/octet-stream"}))
     assert r.status_code == 200 and r.content == bytes(out.stdout)
+
+
+def test_a_jobs_milestones_are_recorded_in_order_and_logged(live, acme, nodes, http, caplog):
+    """The fan-out benchmark's phase split (`--server-log-level info`) reads this line."""
+    n = connect(live, acme, "web1")
+    nodes.append(n)
+    gwait(lambda: available(live, "web1"))
+    with caplog.at_level(logging.INFO, logger="pushjobs.server.jobs"):
+        jid = post_job(http, command="uptime", nodes=["web1"])
+        lj = live.runtime.jobs.live[jid]
+        wait_status(live, http, jid, "complete")
+        gwait(lambda: "stored" in lj.marks, message="stored mark")
+        line = gwait(lambda: next((r.getMessage() for r in caplog.records if f"job {jid}: phases: at " in r.getMessage()),
+                                  None), message="phases line")
+    assert [p for p in PHASES if p in lj.marks] == list(PHASES)  # one node: every milestone, in this order
+    times = [lj.marks[p] for p in PHASES]
+    assert times == sorted(times)
+    words = line.split("phases: at ", 1)[1].split()
+    assert float(words[0]) == pytest.approx(lj.marks["created"], abs=1e-5)
+    assert words[1::2] == list(PHASES) and words[2] == "+0.000"
+    assert phase_line({}) == "at 0.000000 "
 
 
 def test_abort_running_job(live, acme, nodes, http):
