@@ -31,6 +31,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as _dt
+import functools
 import hashlib
 import hmac
 import re
@@ -55,6 +56,7 @@ __all__ = [
     "content_hash",
     "sign_request",
     "parse_auth_headers",
+    "parse_timestamp",
     "verify_signature",
 ]
 
@@ -245,6 +247,23 @@ def sign_request(
     return headers
 
 
+@functools.lru_cache(maxsize=1024)
+def parse_timestamp(text: str) -> float:
+    """``parse_iso8601`` of an X-Ops-Timestamp, remembered for the last 1,024 texts.
+
+    A pure function of the text (errors are raised again every time, never
+    cached). Why: the server parses the same header twice per request (skew
+    check, then here), and a reconnect storm sends thousands of requests
+    signed within the same few seconds."""
+    return parse_iso8601(text)
+
+
+@functools.lru_cache(maxsize=1024)
+def _iso8601_of(t: float) -> str:
+    """``iso8601(t)``, remembered (pure; see :func:`parse_timestamp`)."""
+    return iso8601(t)
+
+
 def _parse_sign(value: str) -> dict[str, str]:
     """``algorithm=sha1;version=1.1;`` → dict; empty items ignored (§10.1a)."""
     out: dict[str, str] = {}
@@ -286,7 +305,7 @@ def parse_auth_headers(headers: Mapping[str, str]) -> SignedRequest:
         raise ChefAuthError("unsupported_version", f"algorithm {algorithm!r} with version {version}")
     timestamp = lower["x-ops-timestamp"]
     try:
-        t = parse_iso8601(timestamp)
+        t = parse_timestamp(timestamp)
     except ValueError:
         raise ChefAuthError("bad_timestamp", f"X-Ops-Timestamp {timestamp[:40]!r}") from None
     chunks = []
@@ -327,7 +346,7 @@ def verify_signature(
         if not hmac.compare_digest(expected_hash.encode(), signed.content_hash.encode("utf-8", "replace")):
             return False
         canonical = canonical_request(
-            method, path, expected_hash, iso8601(signed.time), signed.user_id,
+            method, path, expected_hash, _iso8601_of(signed.time), signed.user_id,
             signed.version, signed.server_api_version,
         )
         if signed.version == "1.3":

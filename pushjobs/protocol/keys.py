@@ -369,8 +369,35 @@ def z85_encode(data: bytes) -> str:
     return "".join(out)
 
 
+#: byte -> Z85 digit (0-84), 0xFF for a byte that is not a Z85 character
+_Z85_DIGITS = bytes(_Z85_INDEX.get(chr(b), 0xFF) for b in range(256))
+
+
+def _z85_decode_fast(text: str) -> Optional[bytes]:
+    """The decoding of well-formed Z85 text (ASCII, Z85 characters only, length a
+    multiple of 5), or None: then the careful loop decodes it and says what is
+    wrong. Why: a config handshake decodes the node's `ccpk`, and the loop
+    was ~12 µs of it."""
+    if len(text) % 5 or not text.isascii():
+        return None
+    d = text.encode("ascii").translate(_Z85_DIGITS)
+    if b"\xff" in d:
+        return None
+    out = bytearray()
+    for i in range(0, len(d), 5):
+        value = (((d[i] * 85 + d[i + 1]) * 85 + d[i + 2]) * 85 + d[i + 3]) * 85 + d[i + 4]
+        if value > 0xFFFFFFFF:
+            return None
+        out += value.to_bytes(4, "big")
+    return bytes(out)
+
+
 def z85_decode(text: str | bytes) -> bytes:
     """Decode Z85 text; anything malformed raises ProtocolError(bad_key)."""
+    if isinstance(text, str):
+        fast = _z85_decode_fast(text)
+        if fast is not None:
+            return fast
     if isinstance(text, (bytes, bytearray)):
         try:
             text = bytes(text).decode("ascii")

@@ -95,6 +95,8 @@ def _header(headers: Mapping[str, str], name: str) -> Optional[str]:
     value = headers.get(name)
     if value is None:
         lname = name.lower()
+        value = headers.get(lname)  # the lower-case mapping of `xops_headers`
+    if value is None:
         for k, v in headers.items():
             if k.lower() == lname:
                 value = v
@@ -102,6 +104,25 @@ def _header(headers: Mapping[str, str], name: str) -> Optional[str]:
     if value is None or value.strip() == "":
         return None
     return value
+
+
+#: WSGI environ key prefix of the Chef auth headers (`X-Ops-*` → `HTTP_X_OPS_*`).
+_XOPS_ENVIRON_PREFIX = "HTTP_X_OPS_"
+
+
+def xops_headers(environ: Mapping[str, Any]) -> dict[str, str]:
+    """The request's `X-Ops-*` headers, lower-case names, read straight from the WSGI environ.
+
+    Why: authentication only looks at these ~10 headers, and walking werkzeug's
+    `EnvironHeaders` (every header of the request, each name rebuilt) twice per
+    request cost more than the rest of the header checks (config handshake
+    storm, #8). The names are the ones werkzeug derives (`HTTP_X_OPS_SIGN` →
+    `x-ops-sign`), so the answers are the same."""
+    out: dict[str, str] = {}
+    for key, value in environ.items():
+        if key.startswith(_XOPS_ENVIRON_PREFIX) and isinstance(value, str):
+            out["x-ops-" + key[11:].replace("_", "-").lower()] = value
+    return out
 
 
 def parse_sign_description(value: str) -> dict[str, str]:
@@ -122,7 +143,7 @@ def check_headers(headers: Mapping[str, str], now: Optional[float] = None) -> He
 
     missing headers → 400; unsupported X-Ops-Sign → 400; unparseable
     timestamp → 401; timestamp outside ±900 s → 401."""
-    from pushjobs.protocol.timestamps import parse_iso8601
+    from pushjobs.protocol.chef_auth import parse_timestamp
 
     # chef_authn requires these four; a missing or empty X-Ops-Authorization-N
     # is not a malformed request but a signature that cannot verify (401 in
@@ -137,7 +158,7 @@ def check_headers(headers: Mapping[str, str], now: Optional[float] = None) -> He
     if version not in SIGN_VERSIONS or SIGN_VERSIONS[version] != sign.get("algorithm", SIGN_VERSIONS[version]).lower():
         raise error_list(400, "Unsupported authentication protocol version")
     try:
-        ts = parse_iso8601(_header(headers, "X-Ops-Timestamp") or "")
+        ts = parse_timestamp(_header(headers, "X-Ops-Timestamp") or "")
     except ProtocolError:
         raise unauthorized("bad header(s) 'X-Ops-Timestamp'") from None
     now = time.time() if now is None else now
@@ -366,13 +387,15 @@ def signed_request(action: str, *, malformed: Optional[Callable[[bytes], Any]] =
             from flask import current_app, g, request
 
             settings = current_app.extensions["pushjobs"].settings
-            info = check_headers(request.headers)
+            environ = request.environ
+            xops = xops_headers(environ)
+            info = check_headers(xops)
             body = read_body()
             g.body = body
             g.parsed = malformed(body) if malformed is not None else None
             org_name = kwargs.get("org", "")
-            path = raw_request_path(request.environ, request.path)
-            requestor = authenticate(org_name, info, request.headers, request.method, path, body)
+            path = raw_request_path(environ, request.path)
+            requestor = authenticate(org_name, info, xops, request.method, path, body)
             authorize(requestor, action, node=kwargs.get(node_arg) if node_arg else None,
                       validate_client_node_name=settings.validate_client_node_name)
             if produces is not None:

@@ -227,3 +227,15 @@ def test_truncated_signature_is_false_not_crash(test_key):
     for v in ("1.1", "1.3"):
         s = chef_auth.SignedRequest(**{**signed.__dict__, "version": v})
         assert not chef_auth.verify_signature(s, "GET", "/x", b"", test_key)
+
+
+def test_parse_timestamp_is_parse_iso8601_remembered():
+    from pushjobs.protocol.timestamps import parse_iso8601
+
+    for text in ("2026-11-29T10:00:00Z", "2026-11-29T11:00:00+01:00", " 2026-11-29T10:00:00Z"):
+        assert chef_auth.parse_timestamp(text) == parse_iso8601(text)
+        assert chef_auth.parse_timestamp(text) == parse_iso8601(text)  # from the cache
+    for bad in ("yesterday", ""):
+        for _ in range(2):  # errors are raised every time, never remembered as a value
+            with pytest.raises(ValueError):
+                chef_auth.parse_timestamp(bad)

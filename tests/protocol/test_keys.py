@@ -137,3 +137,23 @@ def test_pure_python_fallback_when_asked():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                        env={**os.environ, "PUSHJOBS_PURE_PYTHON_RSA": "1"})
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+def test_z85_fast_path_agrees_with_the_careful_loop():
+    """Well-formed text takes the table-driven path; its bytes are the loop's, and every
+    malformed text still gets the loop's own error."""
+    import os
+
+    for n in (0, 4, 32, 64):
+        for _ in range(200):
+            raw = os.urandom(n)
+            text = keys.z85_encode(raw)
+            assert keys._z85_decode_fast(text) == raw
+            assert keys.z85_decode(text) == raw == keys.z85_decode(text.encode())
+    cases = {"#####": "out of range", "%%%%%" * 8: "out of range", "abc": "multiple of 5",
+             "ab~cd": "invalid Z85 character '~'", "é1234": "invalid Z85 character 'é'",
+             "ab\x00cd": "invalid Z85 character"}
+    for text, message in cases.items():
+        assert keys._z85_decode_fast(text) is None
+        with pytest.raises(keys.ProtocolError, match=message):
+            keys.z85_decode(text)

@@ -179,3 +179,26 @@ def test_authorization_uses_the_groups_read_with_the_principal(store_db):
         ("readers", "alice", (True, True)), ("readers", "bob", (False, False)),  # readers: members only
         ("writers", "alice", (True, False)), ("writers", "bob", (False, True)),  # writers replace admins
     ]
+
+
+def test_xops_headers_from_environ_match_werkzeug_and_check_the_same():
+    """The X-Ops headers read straight from the WSGI environ are the ones werkzeug's
+    EnvironHeaders gives (lower-case names), and the header checks answer the same."""
+    from werkzeug.datastructures import EnvironHeaders
+    from werkzeug.test import EnvironBuilder
+
+    from pushjobs.server.auth import xops_headers
+
+    h = headers(**{"User-Agent": "x", "Accept": "application/json", "X-Ops-Server-API-Version": "1"})
+    environ = EnvironBuilder(path="/organizations/acme/pushy/jobs", headers=h).get_environ()
+    fast = xops_headers(environ)
+    slow = {k.lower(): v for k, v in EnvironHeaders(environ).items() if k.lower().startswith("x-ops-")}
+    assert fast == slow
+    assert set(fast) >= {"x-ops-userid", "x-ops-sign", "x-ops-timestamp", "x-ops-content-hash",
+                         "x-ops-authorization-1"}
+    assert check_headers(fast, now=NOW) == check_headers(EnvironHeaders(environ), now=NOW)
+    # the same errors, in the same order, from the lower-case mapping
+    del h["X-Ops-Sign"], h["X-Ops-UserId"]
+    bad = xops_headers(EnvironBuilder(path="/", headers=h).get_environ())
+    assert fail(bad).body == fail(h).body == {
+        "error": ["missing required authentication header(s) 'X-Ops-UserId', 'X-Ops-Sign'"]}

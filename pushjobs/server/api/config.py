@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import base64
 import logging
-from typing import Optional
+from typing import Any, Mapping, Optional
+from urllib.parse import unquote
 
 from flask import Blueprint, Response, current_app, g, request
 
@@ -37,6 +38,23 @@ ONLINE_THRESHOLD = 2
 Z85_KEY_LENGTH = 40
 
 
+def query_ccpk(environ: Mapping[str, Any]) -> Optional[str]:
+    """`?ccpk=` as `request.args.get("ccpk")` reads it, without parsing the query into a MultiDict.
+
+    Why: every node sends exactly `ccpk=<percent-encoded key>`, and werkzeug's
+    general query parsing was a visible share of a handshake (#8). That one
+    shape (ASCII, one parameter, decodes as UTF-8) is decoded here the way
+    `parse_qsl` decodes it (`+` is a space, then percent-decoding); anything
+    else goes through werkzeug."""
+    qs = environ.get("QUERY_STRING", "")
+    if isinstance(qs, str) and qs.startswith("ccpk=") and "&" not in qs and qs.isascii():
+        try:
+            return unquote(qs[5:].replace("+", " "), errors="strict")
+        except UnicodeDecodeError:
+            pass
+    return request.args.get("ccpk")
+
+
 def check_ccpk(_body: bytes) -> Optional[bytes]:
     """The raw 32-byte curve key from `?ccpk=`, or None when encryption is disabled."""
     from pushjobs.protocol.keys import z85_decode
@@ -44,7 +62,7 @@ def check_ccpk(_body: bytes) -> Optional[bytes]:
     settings = current_app.extensions["pushjobs"].settings
     if settings.disable_curve_encryption:
         return None
-    ccpk = request.args.get("ccpk")
+    ccpk = query_ccpk(request.environ)
     if ccpk is None:
         raise error(400, "Missing ccpk")
     if len(ccpk) != Z85_KEY_LENGTH:
