@@ -71,6 +71,8 @@ BACKLOG_CREDIT = 0.75
 #: Message types counted by name; anything else a (validly signed) client sends
 #: is counted as "unknown", so a client cannot grow the metrics without bound.
 _COUNTED_TYPES = CLIENT_MESSAGE_TYPES
+#: `json.dumps(..., separators=...)` builds a new encoder per call; one is enough.
+_encode_json = json.JSONEncoder(separators=(",", ":")).encode
 
 
 class LoopLagMonitor:
@@ -443,7 +445,9 @@ class NodeRegistry:
             log.info("node %s/%s online (incarnation %s)", org, node, fsm.incarnation_id)
             self._execute(entry, fsm.start(fsm_now))
         live: Container[str] = self.jobs.live if self.jobs is not None else ()
-        self._execute(entry, entry.fsm.message(body, routing_id, fsm_now, live))
+        actions = entry.fsm.message(body, routing_id, fsm_now, live)
+        if actions:  # a heartbeat of an idle node has none: no call
+            self._execute(entry, actions)
         return mtype
 
     # --- carrying out node FSM actions ----------------------------------------
@@ -485,7 +489,7 @@ class NodeRegistry:
         self.sent_by_type[mtype] += 1
         body = {"sequence": entry.sequence, "timestamp": http_date(), "type": mtype}
         body.update(fields)
-        raw = json.dumps(body, separators=(",", ":")).encode()
+        raw = _encode_json(body).encode()
         self.send_frames(entry.fsm.routing_id, signing.encode_frames(raw, signing.HMAC_SHA256, key))
 
     def send_to(self, key: NodeKey, mtype: str, fields: dict) -> bool:
