@@ -26,8 +26,10 @@ import time
 from typing import Callable, Optional
 
 import gevent
+import zmq as _plain_zmq
 import zmq.backend as _zmq_backend
 import zmq.green as zmq
+from gevent.hub import Waiter, get_hub
 
 from pushjobs.protocol import signing
 from pushjobs.protocol.timestamps import http_date
@@ -63,7 +65,17 @@ ROUTER_SNDHWM = 32
 # the green (waiting) receive, which retries before it waits, once EAGAIN says
 # the queue is empty.
 _raw_recv = _zmq_backend.Socket.recv
+_raw_send = _zmq_backend.Socket.send
 _raw_get = _zmq_backend.Socket.get
+
+#: The ROUTER loop's wait for input also wakes up after this many seconds with
+#: nothing seen (a safety net, like zmq.green's 11.6 s one: ZMQ_FD is
+#: edge-triggered, and a missed edge would otherwise stall the command channel).
+ROUTER_WAIT_SAFETY = 1.0
+_NOBLOCK = int(_plain_zmq.NOBLOCK)
+_SNDMORE_NOBLOCK = int(_plain_zmq.NOBLOCK | _plain_zmq.SNDMORE)
+_EVENTS = int(_plain_zmq.EVENTS)
+_POLLIN = int(_plain_zmq.POLLIN)  # a plain int: `int & IntFlag` goes through enum code
 
 
 def yield_to_loop() -> None:
@@ -128,6 +140,11 @@ class Broker:
         self.zap_denied = 0
         self.router_batch = max(1, int(router_batch))
         self.router_yields = 0  # full batches after which the ROUTER loop yielded (a sign of a flood)
+        self._router_waiter: Optional[Waiter] = None  # set while the ROUTER loop waits for input
+        self._hub = None
+        self._router_io = None  # the ROUTER's ZMQ_FD read watcher and the safety timer
+        self.router_wait_timeouts = 0  # waits ended by the safety timer (idle, or a missed edge)
+        self._router_timer = None
 
     # --- lifecycle -------------------------------------------------------
     def start(self) -> None:
@@ -140,7 +157,12 @@ class Broker:
         self.pub = self.ctx.socket(zmq.PUB)
         self.pub.linger = 0
         self.pub.bind(f"{self.listen_address}:{self.heartbeat_port}")
-        self.router = self.ctx.socket(zmq.ROUTER)
+        # A plain (not zmq.green) socket: the broker alone reads and writes it and
+        # waits for it itself (`_wait_router`). The green wrapper re-read
+        # ZMQ_EVENTS and set two AsyncResults after every send and receive, and
+        # built an AsyncResult and a gevent.Timeout for every wait: at 1,000
+        # messages/s (a wake-up per message) that was most of the loop's overhead.
+        self.router = _plain_zmq.Socket(self.ctx, zmq.ROUTER)
         self.router.linger = 0
         # A cap far above any valid message: oversize-but-sane frames reach the
         # receive pipeline (dropped and counted there); absurd ones cut the peer.
@@ -162,6 +184,10 @@ class Broker:
     def stop(self) -> None:
         gevent.killall(self.greenlets, block=True, timeout=2)
         self.greenlets.clear()
+        for w in (self._router_io, self._router_timer):
+            if w is not None:
+                w.close()
+        self._router_io = self._router_timer = None
         for s in (self.router, self.pub, self.zap):
             if s is not None:
                 try:
@@ -175,15 +201,32 @@ class Broker:
 
     # --- sending ---------------------------------------------------------
     def send(self, routing_id: bytes, frames: list[bytes]) -> None:
-        """Send [routing_id, header, body]; unknown routing ids are silently dropped."""
-        if self.router is None:
+        """Send [routing_id, header, body]; unknown routing ids are silently dropped.
+
+        Straight to libzmq (NOBLOCK; a ROUTER drops rather than blocks). A send
+        from another greenlet while the ROUTER loop waits may consume the
+        socket's read edge (libzmq processes its pending commands on every
+        call), so then ZMQ_EVENTS is checked and the loop woken if input is
+        queued."""
+        router = self.router
+        if router is None:
             return
         try:
-            self.router.send_multipart([routing_id] + frames, flags=zmq.NOBLOCK)
+            _raw_send(router, routing_id, _SNDMORE_NOBLOCK)
+            last = len(frames) - 1
+            for i, f in enumerate(frames):
+                _raw_send(router, f, _NOBLOCK if i == last else _SNDMORE_NOBLOCK)
         except zmq.Again:
             log.warning("command socket full, message to %r dropped", routing_id)
         except zmq.ZMQError as e:
             log.warning("command send failed: %s", e)
+        waiter = self._router_waiter
+        if waiter is not None:
+            try:
+                if _raw_get(router, _EVENTS) & _POLLIN:
+                    self._hub.loop.run_callback(waiter.switch, "send")
+            except zmq.ZMQError:
+                pass
 
     # --- loops -----------------------------------------------------------
     def _zap_loop(self) -> None:
@@ -215,48 +258,73 @@ class Broker:
     def _router_loop(self) -> None:
         """Receive and hand over ROUTER messages, yielding every `ROUTER_BATCH`.
 
-        Waits (green) only when the queue is empty; otherwise drains with
-        NOBLOCK, and after a full batch lets every other ready greenlet run
-        (`yield_to_loop`) before draining on."""
+        Drains with NOBLOCK straight from libzmq; waits (`_wait_router`) only
+        once the queue is empty, and after a full batch lets every other ready
+        greenlet run (`yield_to_loop`) before draining on."""
         router = self.router
         on_frames = self.on_frames
         batch = self.router_batch
-        NOBLOCK, RCVMORE = zmq.NOBLOCK, zmq.RCVMORE
+        NOBLOCK, RCVMORE = _NOBLOCK, int(zmq.RCVMORE)
+        n = 0
         while True:
             try:
-                msg = router.recv_multipart(copy=True)  # green: waits while the queue is empty
+                rid = _raw_recv(router, NOBLOCK)
+                frames = []
+                while _raw_get(router, RCVMORE):
+                    frames.append(_raw_recv(router, NOBLOCK))
+            except zmq.Again:
+                if self.backlogged:
+                    self._set_backlog(False)
+                n = 0
+                self._wait_router(router)
+                continue
             except zmq.ZMQError as e:
                 if e.errno in (zmq.ETERM, zmq.ENOTSOCK):
                     return
                 log.warning("command socket receive failed: %s", e)
                 yield_to_loop()
                 continue
-            n = 0
-            while True:
-                n += 1
-                try:
-                    on_frames(msg[0], msg[1:])
-                except Exception:
-                    log.exception("command message handling failed (dropped)")
-                if n >= batch:
-                    self.router_yields += 1
-                    if not self.backlogged:
-                        self._set_backlog(True)
-                    yield_to_loop()  # let the heartbeat, the API and the DB writer run
-                    n = 0
-                try:
-                    msg = [_raw_recv(router, NOBLOCK)]
-                    while _raw_get(router, RCVMORE):
-                        msg.append(_raw_recv(router, NOBLOCK))
-                except zmq.Again:
-                    if self.backlogged:
-                        self._set_backlog(False)
-                    break  # empty: back to the green wait
-                except zmq.ZMQError as e:
-                    if e.errno in (zmq.ETERM, zmq.ENOTSOCK):
-                        return
-                    log.warning("command socket receive failed: %s", e)
-                    break
+            try:
+                on_frames(rid, frames)
+            except Exception:
+                log.exception("command message handling failed (dropped)")
+            n += 1
+            if n >= batch:
+                self.router_yields += 1
+                if not self.backlogged:
+                    self._set_backlog(True)
+                yield_to_loop()  # let the heartbeat, the API and the DB writer run
+                n = 0
+
+    def _wait_router(self, router) -> None:
+        """Wait until the ROUTER may have input: its ZMQ_FD readable, a send
+        that found input queued (`send`), or `ROUTER_WAIT_SAFETY` seconds.
+
+        ZMQ_FD is edge-triggered: it signals only after ZMQ_EVENTS has been
+        read with nothing to do, so EVENTS is read first and the wait skipped
+        when input is already queued."""
+        if _raw_get(router, _EVENTS) & _POLLIN:
+            return
+        hub = self._hub
+        if hub is None:
+            hub = self._hub = get_hub()
+        if self._router_io is None:
+            self._router_io = hub.loop.io(_raw_get(router, zmq.FD), 1)
+            # repeating, restarted with `again`: a one-shot libev timer restarted
+            # with `start` after it fired once fires at once
+            self._router_timer = hub.loop.timer(ROUTER_WAIT_SAFETY, ROUTER_WAIT_SAFETY)
+        waiter = Waiter(hub)
+        io, timer = self._router_io, self._router_timer
+        io.start(waiter.switch, "io")
+        timer.again(waiter.switch, "timer")
+        self._router_waiter = waiter
+        try:
+            if waiter.get() == "timer":
+                self.router_wait_timeouts += 1
+        finally:
+            self._router_waiter = None
+            io.stop()
+            timer.stop()
 
     def _set_backlog(self, on: bool) -> None:
         self.backlogged = on
