@@ -135,6 +135,8 @@ def fanout(b: Bench, runs: int, profile_dir: Optional[Path], hb: HeartbeatWatch,
             prof = start_profile(worker, 10, profile_dir / "fanout-server.txt")
             time.sleep(1.0)
         cpu0 = procstat.sample(worker).cpu, sum(procstat.sample(p).cpu for p in b.fleet_pids())
+        fleet_main = b.fleet_pids()[-1] if b.fleet_pids() else None
+        sched0 = schedstat(worker), schedstat(fleet_main)
         w0 = time.time()
         t0 = time.monotonic()
         r = b.admin.post("jobs", json={"command": "chef-client", "nodes": names, "run_timeout": 600})
@@ -154,12 +156,16 @@ def fanout(b: Bench, runs: int, profile_dir: Optional[Path], hb: HeartbeatWatch,
             time.sleep(0.05 if b.nodes <= 1000 else 0.2)  # polling costs the server CPU too
         elapsed = time.monotonic() - t0
         cpu1 = procstat.sample(worker).cpu, sum(procstat.sample(p).cpu for p in b.fleet_pids())
+        sched1 = schedstat(worker), schedstat(fleet_main)
         phases = server_phases(b, job_id) if b.server_settings.get("log_level") in ("info", "debug") else {}
         if phases:
             client = {"post_sent": w0, "post_returned": w0 + t_post, "seen": w0 + elapsed}
             log(f"fan-out run {run + 1} phases (s since POST sent): " + " ".join(
                 f"{k} +{v - w0:.3f}" for k, v in sorted({**phases, **client}.items(), key=lambda kv: kv[1]))
-                + f"; CPU s meanwhile: server {cpu1[0] - cpu0[0]:.2f}, fleet {cpu1[1] - cpu0[1]:.2f}")
+                + f"; CPU s meanwhile: server {cpu1[0] - cpu0[0]:.2f}, fleet {cpu1[1] - cpu0[1]:.2f}"
+                + "".join(f"; {who} main thread: running {r1 - r0:.2f} s, runnable but not running {w1 - w0:.2f} s, "
+                          f"waiting {elapsed - (r1 - r0) - (w1 - w0):.2f} s"
+                          for who, (r0, w0), (r1, w1) in zip(("server", "fleet"), sched0, sched1) if r0 or r1))
         jr = b.admin.get(f"jobs/{job_id}")
         if jr.status_code == 200:
             node_counts.append({k: len(v) for k, v in jr.json().get("nodes", {}).items()})
@@ -188,6 +194,16 @@ def fanout(b: Bench, runs: int, profile_dir: Optional[Path], hb: HeartbeatWatch,
     return res
 
 
+def schedstat(pid: Optional[int]) -> tuple[float, float]:
+    """(seconds running on a CPU, seconds runnable but waiting for one) of a process's main thread."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/schedstat") as fh:
+            run_ns, wait_ns = fh.read().split()[:2]
+        return int(run_ns) / 1e9, int(wait_ns) / 1e9
+    except (OSError, ValueError, TypeError):
+        return 0.0, 0.0
+
+
 def server_phases(b: Bench, job_id: str, timeout: float = 5.0) -> dict[str, float]:
     """The job's milestones (time.time()) from the server's "phases" log line; {} when the
     server does not log at INFO (`--server-log-level info`) or the line does not come."""
@@ -198,9 +214,15 @@ def server_phases(b: Bench, job_id: str, timeout: float = 5.0) -> dict[str, floa
         text = b.server.log_text()
         at = text.rfind(needle)
         if at >= 0:
-            words = text[at + len(needle):].splitlines()[0].split()
+            line, _, cpu = text[at + len(needle):].splitlines()[0].partition(";")
+            words = line.split()
             base = float(words[0])
-            return {words[i]: base + float(words[i + 1]) for i in range(1, len(words) - 1, 2)}
+            marks = {words[i]: base + float(words[i + 1]) for i in range(1, len(words) - 1, 2)}
+            if cpu.split() and "finished" in marks and "start_job" in marks:
+                # busy share of the loop thread between start_job and finished
+                busy = float(cpu.split()[-2]) / max(1e-9, marks["finished"] - marks["start_job"])
+                log(f"job {job_id}: server loop thread busy {100 * busy:.0f} % from start_job to finished")
+            return marks
         if time.monotonic() > deadline:
             return {}
         time.sleep(0.1)

@@ -109,7 +109,9 @@ def test_a_jobs_milestones_are_recorded_in_order_and_logged(live, acme, nodes, h
     assert [p for p in PHASES if p in lj.marks] == list(PHASES)  # one node: every milestone, in this order
     times = [lj.marks[p] for p in PHASES]
     assert times == sorted(times)
-    words = line.split("phases: at ", 1)[1].split()
+    marks, _, cpu = line.split("phases: at ", 1)[1].partition(";")
+    words = marks.split()
+    assert cpu.startswith(" loop thread CPU") and float(cpu.split()[-2]) >= 0
     assert float(words[0]) == pytest.approx(lj.marks["created"], abs=1e-5)
     assert words[1::2] == list(PHASES) and words[2] == "+0.000"
     assert phase_line({}) == "at 0.000000 "
@@ -412,3 +414,40 @@ def test_post_of_a_big_job_on_nodes_that_are_not_connected(live, acme, http):
     assert [r.node_name for r in rows] == names and {r.status for r in rows} == {"unavailable"}
     evs = events_of(jid)
     assert [n for n, _ in evs].count("quorum_vote") == len(names) and evs[-1][0] == "job_complete"
+
+
+def test_http_time_is_rfc1123_gmt_like_email_utils():
+    import datetime as dt
+    import email.utils
+    import random
+
+    from pushjobs.server.api.jobs import http_time
+
+    rnd = random.Random(8)
+    for _ in range(2000):
+        v = dt.datetime(1970, 1, 1) + dt.timedelta(seconds=rnd.random() * 4e9)
+        want = email.utils.format_datetime(v.replace(tzinfo=dt.timezone.utc, microsecond=0), usegmt=True)
+        assert http_time(v) == want
+        aware = v.replace(tzinfo=dt.timezone.utc).astimezone(dt.timezone(dt.timedelta(hours=rnd.randint(-12, 12))))
+        assert http_time(aware) == want
+
+
+def test_job_list_documents_match_the_job_documents(live, acme, http):
+    """The list reads its columns with one prepared statement; each entry is the job's
+    own document without `nodes` (options included, finished and live jobs alike)."""
+    a = post_job(http, command="uptime", nodes=["gone1", "gone2"], user="deploy", dir="/srv", env={"A": "1"},
+                 capture_output=True, file="raw:hello", run_timeout=7)
+    b = post_job(http, command="true", nodes=["gone3"])
+    for jid in (a, b):
+        wait_status(live, http, jid, "quorum_failed")
+    r = blocking(lambda: http.get("jobs"))
+    assert r.status_code == 200
+    listed = {d["id"]: d for d in r.json()}
+    assert list(listed) == [a, b]  # oldest first
+    for jid in (a, b):
+        detail = job(http, jid)
+        nodes = detail.pop("nodes")
+        assert nodes == ({"unavailable": ["gone1", "gone2"]} if jid == a else {"unavailable": ["gone3"]})
+        assert listed[jid] == detail
+    assert listed[a]["env"] == {"A": "1"} and listed[a]["capture_output"] is True
+    assert listed[a]["file_specified"] is True and listed[a]["user"] == "deploy" and listed[a]["run_timeout"] == 7
