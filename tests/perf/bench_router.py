@@ -9,7 +9,12 @@ loopback TCP, with and without CurveZMQ. Receive styles:
 * `green`: `recv_multipart()` per message (what the broker does today): the
   green socket checks ZMQ_EVENTS and may wait on the hub per message;
 * `drain`: after one green wait, `recv_multipart(NOBLOCK)` until `Again`
-  (up to 1,000), then yield once.
+  (up to 1,000), then yield once;
+* `plain`: what pushjobs.server.broker does since round 3: a plain (not
+  zmq.green) socket, frames read straight from libzmq with NOBLOCK until
+  `Again`, then its own wait (`Broker._wait_router`: ZMQ_EVENTS check, ZMQ_FD
+  watcher, safety timer). `--gap` spaces the sends (a wake-up per message, as
+  at 1,000 nodes) instead of a flood.
 
 CPU is the receiving process's (Python and the libzmq I/O thread, which does
 the TCP reads and the CURVE decryption). Nothing is parsed: this is the
@@ -32,7 +37,7 @@ BODY = (b'{"node":"n1234","client":"n1234","protocol_version":"2.0","org":"bench
 HEADER = b"Version:2.0;SigningMethod:hmac_sha256;Signature:H1EX80i7K4xP2WT8TXO+9Cgr5kqMipX1JsCFhdVWAOo="
 
 
-def sender(port: int, count: int, dealers: int, server_public: Optional[bytes]) -> None:
+def sender(port: int, count: int, dealers: int, server_public: Optional[bytes], gap: float = 0.0) -> None:
     import zmq
 
     ctx = zmq.Context()
@@ -49,18 +54,20 @@ def sender(port: int, count: int, dealers: int, server_public: Optional[bytes]) 
     time.sleep(0.5)
     for i in range(count):
         socks[i % dealers].send_multipart([HEADER, BODY])
+        if gap:
+            time.sleep(gap)
     for s in socks:
         s.close()
     ctx.term()
 
 
-def receive(style: str, curve: bool, count: int, dealers: int) -> dict:
+def receive(style: str, curve: bool, count: int, dealers: int, gap: float = 0.0) -> dict:
     import gevent
     import zmq
     import zmq.green as gzmq
 
     ctx = gzmq.Context()
-    router = ctx.socket(gzmq.ROUTER)
+    router = zmq.Socket(ctx, zmq.ROUTER) if style == "plain" else ctx.socket(gzmq.ROUTER)
     router.setsockopt(gzmq.LINGER, 0)
     server_public = None
     if curve:
@@ -68,12 +75,38 @@ def receive(style: str, curve: bool, count: int, dealers: int) -> dict:
         router.curve_server = True
         router.curve_secretkey = secret  # no ZAP handler: every client key is accepted (benchmark only)
     port = router.bind_to_random_port("tcp://127.0.0.1")
-    proc = multiprocessing.get_context("fork").Process(target=sender, args=(port, count, dealers, server_public))
+    proc = multiprocessing.get_context("fork").Process(target=sender,
+                                                       args=(port, count, dealers, server_public, gap))
     got = 0
     t0 = c0 = None
 
+    def plain_loop() -> None:
+        nonlocal got, t0, c0
+        from pushjobs.server.broker import Broker, _raw_get, _raw_recv
+
+        b = Broker.__new__(Broker)  # only its wait: `_wait_router` and what it keeps
+        b._hub = b._router_io = b._router_timer = b._router_waiter = None
+        b.router_wait_timeouts = 0
+        NOBLOCK, RCVMORE = int(zmq.NOBLOCK), int(zmq.RCVMORE)
+        while got < count:
+            try:
+                msg = [_raw_recv(router, NOBLOCK)]
+                while _raw_get(router, RCVMORE):
+                    msg.append(_raw_recv(router, NOBLOCK))
+            except zmq.Again:
+                b._wait_router(router)
+                continue
+            if t0 is None:
+                t0, c0 = time.perf_counter(), time.process_time()
+            got += 1
+        for w in (b._router_io, b._router_timer):
+            if w is not None:
+                w.close()
+
     def loop() -> None:
         nonlocal got, t0, c0
+        if style == "plain":
+            return plain_loop()
         while got < count:
             msg = router.recv_multipart()
             if t0 is None:
@@ -104,20 +137,24 @@ def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tests.perf.bench_router")
     p.add_argument("--messages", type=int, default=100000)
     p.add_argument("--dealers", type=int, default=50)
+    p.add_argument("--gap", type=float, default=0.0, help="seconds between two sends (0: a flood)")
+    p.add_argument("--styles", default="green,drain,plain")
+    p.add_argument("--no-curve", action="store_true")
     a = p.parse_args(argv)
     rows = []
-    for curve in (False, True):
-        for style in ("green", "drain"):
+    for curve in ((False,) if a.no_curve else (False, True)):
+        for style in a.styles.split(","):
             # each style in a fresh process (gevent and libzmq state), results back over a pipe
             ctx = multiprocessing.get_context("fork")
             q = ctx.Queue()
-            pr = ctx.Process(target=lambda: q.put(receive(style, curve, a.messages, a.dealers)))
+            pr = ctx.Process(target=lambda: q.put(receive(style, curve, a.messages, a.dealers, a.gap)))
             pr.start()
             r = q.get(timeout=600)
             pr.join(10)
             print(r, flush=True)
             rows.append([r["style"], "yes" if r["curve"] else "no", r["messages"], r["cpu_us"], r["rate"]])
-    append_result(f"command ROUTER receive cost: {a.messages} messages from {a.dealers} DEALERs", table(
+    append_result(f"command ROUTER receive cost: {a.messages} messages from {a.dealers} DEALERs"
+                  + (f", {a.gap * 1000:g} ms apart" if a.gap else ""), table(
         ["receive style", "CurveZMQ", "messages", "process CPU µs per message", "messages/s"], rows))
     return 0
 
