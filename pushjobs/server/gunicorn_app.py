@@ -30,12 +30,14 @@ alone (`_PushJobsArbiter`).
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import signal
 import socket
 import sys
 import time
+from datetime import datetime
 from functools import partial
 from typing import Any, Callable, Optional
 
@@ -43,8 +45,10 @@ import gevent
 from gevent.event import Event as GEvent
 from gevent.pool import Pool
 from gevent.server import StreamServer
+from gunicorn import util as gutil
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
+from gunicorn.http import wsgi as gwsgi
 from gunicorn.sock import ssl_context
 from gunicorn.workers.ggevent import GeventWorker
 
@@ -194,6 +198,85 @@ class PushJobsApplication(BaseApplication):
             log.exception("closing the database failed")
 
 
+class _HeadBuffer:
+    """Stands in for the socket while gunicorn's `send_headers` writes the response head."""
+
+    __slots__ = ("data",)
+
+    def __init__(self) -> None:
+        self.data = b""
+
+    def sendall(self, data: bytes) -> None:
+        self.data += data
+
+
+_date_cache: tuple[int, str] = (-1, "")
+
+
+def http_date_now() -> str:
+    """gunicorn's `util.http_date()` (RFC 7231 Date), computed once per second.
+
+    The Date header has one-second resolution (`formatdate` drops the
+    fraction), so the text of the current second is reused: `email.utils`
+    formatting showed up at ~2 % of a reconnect storm's worker CPU."""
+    global _date_cache
+    now = time.time()
+    second = int(now)
+    cached = _date_cache
+    if cached[0] != second:
+        cached = _date_cache = (second, gutil.http_date(second))
+    return cached[1]
+
+
+class OneWriteResponse(gwsgi.Response):
+    """gunicorn's HTTP/1 response, with the head and a whole body in ONE sendall.
+
+    gunicorn writes the head and then the body: two sendall calls, two TCP
+    segments, two trips through gevent, for every API answer (a config
+    handshake storm is ~10,000 small answers, #8). When the first write
+    carries the whole announced body (Content-Length, not chunked, a body
+    allowed), the head that gunicorn builds (`send_headers`, unchanged; only
+    the Date text is reused within a second) is sent with it. Anything else — streams (SSE), chunked, HEAD/204/304,
+    partial or oversized bodies — takes gunicorn's own path, byte for byte."""
+
+    def default_headers(self) -> list[str]:
+        """gunicorn 27's `Response.default_headers`, with the Date text of the current second."""
+        if self.upgrade:
+            connection = "upgrade"
+        elif self.should_close():
+            connection = "close"
+        else:
+            connection = "keep-alive"
+        headers = [
+            "HTTP/%s.%s %s\r\n" % (self.req.version[0], self.req.version[1], self.status),
+            "Server: %s\r\n" % self.version,
+            "Date: %s\r\n" % http_date_now(),
+            "Connection: %s\r\n" % connection,
+        ]
+        if self.chunked:
+            headers.append("Transfer-Encoding: chunked\r\n")
+        return headers
+
+    def write(self, arg: bytes) -> None:
+        if (not self.headers_sent and type(arg) is bytes and arg and not self.chunked
+                and not self._omits_body and self.response_length is not None
+                and len(arg) <= self.response_length):
+            sock, head = self.sock, _HeadBuffer()
+            self.sock = head
+            try:
+                self.send_headers()
+            finally:
+                self.sock = sock
+            self.sent += len(arg)
+            gutil.write(sock, head.data + arg)
+            return
+        super().write(arg)
+
+
+#: gunicorn's `wsgi.create` takes the response class (gunicorn ≥ 23); else its own is used.
+_CREATE_TAKES_RESPONSE_CLASS = "response_class" in inspect.signature(gwsgi.create).parameters
+
+
 class PushJobsGeventWorker(GeventWorker):
     """gunicorn's gevent worker, with a prompt graceful stop.
 
@@ -264,10 +347,73 @@ class PushJobsGeventWorker(GeventWorker):
     def handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> Any:
         self._connections[sock] = True
         try:
-            return super().handle_request(listener_name, req, sock, addr)
+            if not _CREATE_TAKES_RESPONSE_CLASS:
+                return super().handle_request(listener_name, req, sock, addr)
+            try:
+                return self._handle_request(listener_name, req, sock, addr)
+            except (gevent.GreenletExit, SystemExit):  # as GeventWorker.handle_request
+                return None
         finally:
             if sock in self._connections:
                 self._connections[sock] = False
+
+    def _handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> bool:
+        """gunicorn 27's `AsyncWorker.handle_request`, step for step, with `OneWriteResponse`.
+
+        Kept the same on purpose (hooks, max_requests, keep-alive, access log,
+        the error paths); the only change is the response class."""
+        request_start = datetime.now()
+        environ: dict = {}
+        resp = None
+        try:
+            self.cfg.pre_request(self, req)
+            resp, environ = gwsgi.create(req, sock, addr, listener_name, self.cfg,
+                                         response_class=OneWriteResponse)
+            environ["wsgi.multithread"] = True
+            self.nr += 1
+            if self.nr >= self.max_requests:
+                if self.alive:
+                    self.log.info("Autorestarting worker after current request.")
+                    self.alive = False
+            if not self.alive or not self.cfg.keepalive:
+                resp.force_close()
+            respiter = self.wsgi(environ, resp.start_response)
+            if self.is_already_handled(respiter):
+                return False
+            try:
+                if isinstance(respiter, environ["wsgi.file_wrapper"]):
+                    resp.write_file(respiter)
+                else:
+                    for item in respiter:
+                        resp.write(item)
+                resp.close()
+            finally:
+                request_time = datetime.now() - request_start
+                self.log.access(resp, req, environ, request_time)
+                if hasattr(respiter, "close"):
+                    respiter.close()
+            if resp.should_close():
+                raise StopIteration()
+        except StopIteration:
+            raise
+        except OSError:
+            gutil.reraise(*sys.exc_info())
+        except (Exception, SystemExit):
+            if resp and resp.headers_sent:
+                self.log.exception("Error handling request")
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                    sock.close()
+                except OSError:
+                    pass
+                raise StopIteration()
+            raise
+        finally:
+            try:
+                self.cfg.post_request(self, req, environ, resp)
+            except Exception:  # noqa: BLE001 - as gunicorn: a hook's failure is only logged
+                self.log.exception("Exception in post_request hook")
+        return True
 
     def close_idle_connections(self) -> int:
         """Shut down the connections that are between requests; returns how many.
