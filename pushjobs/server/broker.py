@@ -264,19 +264,27 @@ class Broker:
         router = self.router
         on_frames = self.on_frames
         batch = self.router_batch
-        NOBLOCK, RCVMORE = _NOBLOCK, int(zmq.RCVMORE)
+        NOBLOCK, RCVMORE, EVENTS, POLLIN = _NOBLOCK, int(zmq.RCVMORE), _EVENTS, _POLLIN
         n = 0
         while True:
             try:
+                # ZMQ_EVENTS before reading, not a read that fails: an empty
+                # NOBLOCK read raises zmq.Again, and building that exception
+                # costs ~7 us, once per wake-up (at 1,000 nodes: per message);
+                # the check costs ~1 us.
+                if not _raw_get(router, EVENTS) & POLLIN:
+                    if self.backlogged:
+                        self._set_backlog(False)
+                    n = 0
+                    self._wait_router(router, checked=True)
+                    continue
                 rid = _raw_recv(router, NOBLOCK)
                 frames = []
                 while _raw_get(router, RCVMORE):
                     frames.append(_raw_recv(router, NOBLOCK))
-            except zmq.Again:
-                if self.backlogged:
-                    self._set_backlog(False)
+            except zmq.Again:  # EVENTS said there was input, yet none: wait for the socket
                 n = 0
-                self._wait_router(router)
+                self._wait_router(router, checked=True)
                 continue
             except zmq.ZMQError as e:
                 if e.errno in (zmq.ETERM, zmq.ENOTSOCK):
@@ -296,14 +304,14 @@ class Broker:
                 yield_to_loop()  # let the heartbeat, the API and the DB writer run
                 n = 0
 
-    def _wait_router(self, router) -> None:
+    def _wait_router(self, router, checked: bool = False) -> None:
         """Wait until the ROUTER may have input: its ZMQ_FD readable, a send
         that found input queued (`send`), or `ROUTER_WAIT_SAFETY` seconds.
 
         ZMQ_FD is edge-triggered: it signals only after ZMQ_EVENTS has been
-        read with nothing to do, so EVENTS is read first and the wait skipped
-        when input is already queued."""
-        if _raw_get(router, _EVENTS) & _POLLIN:
+        read with nothing to do, so EVENTS is read first (unless the caller
+        just did: `checked`) and the wait skipped when input is already queued."""
+        if not checked and _raw_get(router, _EVENTS) & _POLLIN:
             return
         hub = self._hub
         if hub is None:

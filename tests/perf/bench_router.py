@@ -10,10 +10,10 @@ loopback TCP, with and without CurveZMQ. Receive styles:
   green socket checks ZMQ_EVENTS and may wait on the hub per message;
 * `drain`: after one green wait, `recv_multipart(NOBLOCK)` until `Again`
   (up to 1,000), then yield once;
-* `plain`: what pushjobs.server.broker does since round 3: a plain (not
-  zmq.green) socket, frames read straight from libzmq with NOBLOCK until
-  `Again`, then its own wait (`Broker._wait_router`: ZMQ_EVENTS check, ZMQ_FD
-  watcher, safety timer). `--gap` spaces the sends (a wake-up per message, as
+* `plain`: `Broker._router_loop` itself (round 3): a plain (not zmq.green)
+  socket, ZMQ_EVENTS checked before each read, frames read straight from
+  libzmq with NOBLOCK, its own wait (`Broker._wait_router`: ZMQ_FD watcher,
+  safety timer). `--gap` spaces the sends (a wake-up per message, as
   at 1,000 nodes) instead of a flood.
 
 CPU is the receiving process's (Python and the libzmq I/O thread, which does
@@ -81,24 +81,23 @@ def receive(style: str, curve: bool, count: int, dealers: int, gap: float = 0.0)
     t0 = c0 = None
 
     def plain_loop() -> None:
-        nonlocal got, t0, c0
-        from pushjobs.server.broker import Broker, _raw_get, _raw_recv
+        """`Broker._router_loop` itself, on this socket."""
+        from pushjobs.server.broker import ROUTER_BATCH, Broker
 
-        b = Broker.__new__(Broker)  # only its wait: `_wait_router` and what it keeps
-        b._hub = b._router_io = b._router_timer = b._router_waiter = None
-        b.router_wait_timeouts = 0
-        NOBLOCK, RCVMORE = int(zmq.NOBLOCK), int(zmq.RCVMORE)
-        while got < count:
-            try:
-                msg = [_raw_recv(router, NOBLOCK)]
-                while _raw_get(router, RCVMORE):
-                    msg.append(_raw_recv(router, NOBLOCK))
-            except zmq.Again:
-                b._wait_router(router)
-                continue
+        def on_frames(rid: bytes, frames: list) -> None:
+            nonlocal got, t0, c0
             if t0 is None:
                 t0, c0 = time.perf_counter(), time.process_time()
             got += 1
+
+        b = Broker.__new__(Broker)  # only what the loop uses
+        b.router, b.on_frames, b.router_batch, b.router_yields = router, on_frames, ROUTER_BATCH, 0
+        b.backlogged, b.on_backlog, b.router_wait_timeouts = False, None, 0
+        b._hub = b._router_io = b._router_timer = b._router_waiter = None
+        g = gevent.spawn(b._router_loop)
+        while got < count:
+            gevent.sleep(0.01)
+        g.kill()
         for w in (b._router_io, b._router_timer):
             if w is not None:
                 w.close()
