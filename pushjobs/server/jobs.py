@@ -202,11 +202,12 @@ class _Statements:
     several `;`-separated statements; each round trip is also a wait for the
     event loop, which dominated the writer's time)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, params_limit: Optional[int] = STATEMENT_PARAMS) -> None:
         self.database = store.db.obj
         self.sqlite = isinstance(self.database, pw.SqliteDatabase)
         self.sql: list[str] = []
         self.params: list[Any] = []
+        self.params_limit = params_limit  # None: everything in one `execute` at `run()`
 
     def add(self, sql: str, params: Sequence[Any]) -> None:
         if self.sqlite:
@@ -214,7 +215,7 @@ class _Statements:
         else:
             self.sql.append(sql)
             self.params.extend(params)
-            if len(self.params) >= STATEMENT_PARAMS:
+            if self.params_limit is not None and len(self.params) >= self.params_limit:
                 self.run()
 
     def run(self) -> None:
@@ -306,9 +307,39 @@ def apply_writes(writes: Sequence[Write]) -> None:
     _write_groups(nodes, jobs, events, outputs)
 
 
+def apply_in_one_round_trip(writes: Sequence[Write]) -> bool:
+    """PostgreSQL, outside a transaction: carry out `writes` (statuses and events only) as ONE
+    `execute` of several statements, which PostgreSQL runs as one implicit transaction (all
+    or nothing); False, with nothing done, when the batch holds anything else (outputs read
+    before they insert; a callable is a barrier).
+
+    Why: through `atomic()` a batch is three round trips (BEGIN, the statements, COMMIT),
+    each a wait for a busy event loop (measured: a 1,000-node job's last writes stored
+    100-140 ms after it finished, SQLite 7-12 ms)."""
+    nodes: dict[tuple[str, str], NodeStatusWrite] = {}
+    jobs: list[JobStatusWrite] = []
+    events: list[EventWrite] = []
+    for w in writes:
+        t = type(w)
+        if t is NodeStatusWrite:
+            nodes[(w.job_id, w.node)] = w  # type: ignore[union-attr]
+        elif t is EventWrite:
+            events.append(w)  # type: ignore[arg-type]
+        elif t is JobStatusWrite:
+            jobs.append(w)  # type: ignore[arg-type]
+        else:
+            return False
+    stmts = _Statements(params_limit=None)
+    if stmts.sqlite or stmts.database.in_transaction():
+        return False
+    _write_groups(nodes, jobs, events, [], stmts)
+    return True
+
+
 def _write_groups(nodes: dict[tuple[str, str], NodeStatusWrite], jobs: list[JobStatusWrite],
-                  events: list[EventWrite], outputs: list[OutputWrite]) -> None:
-    stmts = _Statements()
+                  events: list[EventWrite], outputs: list[OutputWrite],
+                  statements: Optional[_Statements] = None) -> None:
+    stmts = _Statements() if statements is None else statements
     if nodes:
         groups: dict[tuple[str, str], tuple[list[str], list[float]]] = {}
         for w in nodes.values():
@@ -484,6 +515,8 @@ class DbWriter:
 
     def _apply(self, batch: list[Write]) -> None:
         try:
+            if not self._blocking and apply_in_one_round_trip(batch):
+                return
             with store.db.atomic():
                 apply_writes(batch)
             return

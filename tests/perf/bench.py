@@ -135,7 +135,8 @@ def fanout(b: Bench, runs: int, profile_dir: Optional[Path], hb: HeartbeatWatch,
             prof = start_profile(worker, 10, profile_dir / "fanout-server.txt")
             time.sleep(1.0)
         cpu0 = procstat.sample(worker).cpu, sum(procstat.sample(p).cpu for p in b.fleet_pids())
-        fleet_main = b.fleet_pids()[-1] if b.fleet_pids() else None
+        # the fleet process doing the work (the busiest: with --processes K the parent only supervises)
+        fleet_main = max(b.fleet_pids(), key=lambda p: procstat.sample(p).cpu, default=None)
         sched0 = schedstat(worker), schedstat(fleet_main)
         w0 = time.time()
         t0 = time.monotonic()

@@ -279,6 +279,37 @@ def test_one_bad_write_does_not_lose_the_others(writer):
     assert [e.name for e in store.JobEvent.select()] == ["start"]
 
 
+def test_postgresql_batch_is_one_round_trip_and_all_or_nothing(writer, monkeypatch):
+    """Statuses and events go to PostgreSQL in ONE execute (no BEGIN/COMMIT round trips,
+    each a wait for the event loop); PostgreSQL runs it as one transaction. SQLite, and
+    batches with outputs, take the `atomic()` path."""
+    import peewee as pw
+
+    from pushjobs.server.jobs import (EventWrite, JobStatusWrite, NodeStatusWrite, OutputWrite,
+                                      apply_in_one_round_trip)
+
+    t = 1_800_000_000.0
+    assert writer.flush(10)
+    ok = [NodeStatusWrite(JOB_A, "a", "ready", t), EventWrite(JOB_A, 1, "quorum_vote", "{}", t),
+          NodeStatusWrite(JOB_A, "b", "ready", t), JobStatusWrite(JOB_A, "voting", t)]
+    if isinstance(store.db.obj, pw.SqliteDatabase):
+        assert not apply_in_one_round_trip(ok)
+        return
+    assert not apply_in_one_round_trip([OutputWrite(JOB_A, "a", b"x", b"", False)])
+    calls = []
+    real = store.db.obj.execute_sql
+    monkeypatch.setattr(store.db.obj, "execute_sql", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    assert apply_in_one_round_trip(ok)
+    assert len(calls) == 1 and "BEGIN" not in calls[0].upper()
+    assert node_statuses() == {"a": "ready", "b": "ready", "c": "new"}
+    assert store.Job.get_by_id(JOB_A).status == "voting"
+    bad = [NodeStatusWrite(JOB_A, "c", "ready", t), EventWrite(JOB_A, 1, "again", "{}", t)]  # duplicate seq
+    with pytest.raises(Exception):
+        apply_in_one_round_trip(bad)
+    assert node_statuses()["c"] == "new", "nothing of a failed batch is stored"
+    assert [e.name for e in store.JobEvent.select()] == ["quorum_vote"]
+
+
 def test_writer_outputs_second_output_of_a_node_is_ignored(writer):
     from pushjobs.server.jobs import OutputWrite
 
