@@ -50,6 +50,8 @@ in one process; docs/agent.md "Extension points"):
   interval (default `TimerHeartbeats`: one loop timer per session).
 * `http`: the `ChefHTTP` client of the config handshake (default: one per
   session, from the identity and options; a fleet shares one keep-alive pool).
+* `server_heartbeat(body)`: a server heartbeat verified elsewhere (a shared
+  SUB), handed in instead of arriving on the session's SUB socket.
 """
 
 from __future__ import annotations
@@ -457,6 +459,15 @@ class NodeSession:
                 self._pending.extend(pending[i + 1:])
                 return False
         return True
+
+    def server_heartbeat(self, body: dict[str, Any]) -> None:
+        """A server heartbeat that reached this node other than through its own SUB socket
+        (an extension point: a fleet verifies what its one shared SUB receives once, through
+        a session's codec, and hands the verified body to every connected session). Same
+        effect as one arriving on the SUB: liveness counters, incarnation change; ignored
+        unless connected. The caller vouches for the signature; `body` is only read."""
+        if self.phase == CONNECTED and self.config is not None and body.get("type") == "heartbeat":
+            self._server_heartbeat(body)
 
     def next_sequence(self) -> int:
         """The sequence number of the next message sent (for codecs)."""

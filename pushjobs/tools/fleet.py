@@ -72,8 +72,8 @@ loopback TCP send per node, ~35 µs, mostly kernel time).
 from __future__ import annotations
 
 import argparse
-import base64
 import collections
+import hashlib
 import hmac
 import ipaddress
 import json
@@ -88,6 +88,7 @@ import sys
 import threading
 import time
 import urllib.parse
+from binascii import b2a_base64
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
@@ -99,6 +100,7 @@ from pushjobs.agent.loop import EventLoop
 from pushjobs.agent.session import CONNECTED, MessageCodec, NodeIdentity, NodeSession, SessionOptions
 from pushjobs.core import actions as A
 from pushjobs.core.agent import AgentFSM, JobOptions
+from pushjobs.protocol.errors import ProtocolError
 from pushjobs.protocol.framing import HMAC_SHA256
 from pushjobs.protocol.messages import dumps
 from pushjobs.protocol.timestamps import http_date
@@ -307,22 +309,40 @@ class SimulatedRunner:
 _AGAIN = zmq.Again()  # raised by stand-ins when empty (no strerror() per empty read)
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
+_NOBLOCK = int(zmq.NOBLOCK)
+_MORE_NOBLOCK = int(zmq.SNDMORE) | _NOBLOCK
+# pyzmq's Cython socket methods: the `zmq.Socket` wrappers add ~5 µs per multipart send
+# (argument checks, enum flags) and ~2 µs per option read, per node and second
+_raw_send = zmq.backend.Socket.send
+_raw_get = zmq.backend.Socket.get
 _HMAC_HEADER = b"Version:2.0;SigningMethod:" + HMAC_SHA256.encode("ascii") + b";Signature:"
 
 
 class _SharedSub:
     """Stands in for one session's SUB socket; frames come from the process's one real SUB.
 
-    The `FleetPoller` knows stand-ins: the hub fills `inbox` and wakes the
-    poller, which reports the stand-in as readable; the session then drains
-    it like a socket (and verifies every heartbeat through its codec)."""
+    The hub feeds it in one of two ways. While its session is connected and
+    beaten by the `HeartbeatWheel`, the wheel hands the session, just before
+    each beat, the verified heartbeats that arrived since the last one
+    (`HeartbeatHub.catch_up`). Until then (the first interval after
+    connecting, or the SUB a waiting session keeps open to notice the
+    server's return), and for anything that does not verify, the hub puts the
+    frames in `inbox` and wakes the poller, which reports the stand-in as
+    readable: the session drains it like a socket, through its own receive
+    pipeline (which drops and logs what is bad)."""
 
-    def __init__(self, hub: "HeartbeatHub"):
+    __slots__ = ("hub", "owner", "feed", "inbox", "addr", "poller", "closed", "seen", "session")
+
+    def __init__(self, hub: "HeartbeatHub", owner: Any = None):
         self.hub = hub
+        self.owner = owner  # the SimulatedRunner whose session holds this stand-in
+        self.session: Any = None
+        self.feed: Optional["_Feed"] = None
         self.inbox: collections.deque = collections.deque(maxlen=64)
         self.addr: Optional[str] = None
         self.poller: Optional["FleetPoller"] = None
         self.closed = False
+        self.seen = 0  # the hub sequence number of the last heartbeat this stand-in got
 
     def setsockopt(self, *args: Any) -> None:
         pass
@@ -336,59 +356,162 @@ class _SharedSub:
             return self.inbox.popleft()
         raise _AGAIN.with_traceback(None)
 
+    def push(self, frames: list[bytes]) -> None:
+        """Frames for the session's own pipeline (the loop calls its reader)."""
+        self.inbox.append(frames)
+        if self.poller is not None:
+            self.poller.wake(self)
+
     def close(self, linger: Optional[int] = None) -> None:
         if not self.closed:
             self.closed = True
             self.hub.detach(self)
 
 
-class HeartbeatHub:
-    """One real SUB per server heartbeat address, fanned out to every session's stand-in."""
+#: server heartbeats kept per address for the wheel to hand out (a session normally needs
+#: the one or two of the last interval)
+FEED_HISTORY = 16
 
-    def __init__(self, loop: EventLoop, context: zmq.Context):
+
+class _Feed:
+    """One server heartbeat address: its real SUB, the last heartbeats, who listens."""
+
+    __slots__ = ("addr", "sub", "history", "members", "unfed")
+
+    def __init__(self, addr: str, sub: Any):
+        self.addr = addr
+        self.sub = sub
+        # [hub sequence number, frames, {server key id: verified body, or None if it failed}]
+        self.history: collections.deque = collections.deque(maxlen=FEED_HISTORY)
+        self.members: dict[_SharedSub, None] = {}
+        self.unfed: dict[_SharedSub, None] = {}  # members the wheel does not feed (yet)
+
+
+_UNSEEN = object()
+
+
+class HeartbeatHub:
+    """One real SUB per server heartbeat address, fanned out to every session's stand-in.
+
+    A server heartbeat is verified once per process and server key (through
+    the codec of the first session trusting that key: the agent's full
+    pipeline, signature, size and timestamp skew) and recorded once; each
+    connected session gets the verified body from the `HeartbeatWheel` just
+    before its own beat (`catch_up` → `NodeSession.server_heartbeat`), so each
+    node still keeps its own liveness counters and incarnation and declares
+    the server offline on its own when the heartbeats stop. The session's
+    offline check runs at its beat, so handing heartbeats over then rather
+    than on arrival changes no decision; what costs is touching 10,000
+    sessions when a heartbeat arrives (it was ~10 µs per node and heartbeat
+    through stand-in, poller, loop and codec; the catch-up ~2).
+    """
+
+    def __init__(self, loop: EventLoop, context: zmq.Context, codec: Optional["FleetCodec"] = None):
         self.loop = loop
         self.context = context
-        self.subs: dict[str, zmq.Socket] = {}
-        self.members: dict[str, dict[_SharedSub, None]] = collections.defaultdict(dict)
+        self.codec = codec if codec is not None else FleetCodec()
+        self.feeds: dict[str, _Feed] = {}
+        self.by_session: dict[Any, _SharedSub] = {}  # the newest stand-in of each session
+        self.seq = 0  # hub sequence number of the last heartbeat received (any address)
+        self.heartbeats = 0  # server heartbeats received on the shared SUBs
+        self.handed = 0  # verified bodies handed to sessions by catch_up
+
+    @property
+    def subs(self) -> dict[str, Any]:
+        return {addr: f.sub for addr, f in self.feeds.items()}
 
     def attach(self, stand_in: _SharedSub, addr: str) -> None:
         if not zmq_address_is_loopback(addr):
             raise FleetError(f"refusing to connect to non-loopback address {addr}")
-        self.members[addr][stand_in] = None
-        if addr not in self.subs:
+        feed = self.feeds.get(addr)
+        if feed is None:
             sub = self.context.socket(zmq.SUB)
             sub.setsockopt(zmq.LINGER, 0)
             sub.setsockopt(zmq.SUBSCRIBE, b"")
             sub.connect(addr)
-            self.subs[addr] = sub
-            self.loop.add_reader(sub, lambda: self._dispatch(addr))
+            self.feeds[addr] = feed = _Feed(addr, sub)
+            self.loop.add_reader(sub, lambda: self._dispatch(feed))
+        stand_in.feed = feed
+        stand_in.seen = self.seq  # like a real SUB: nothing from before it connected
+        feed.members[stand_in] = None
+        feed.unfed[stand_in] = None
+        owner = stand_in.owner
+        session = getattr(owner, "session", None)
+        if session is not None:
+            stand_in.session = session
+            self.by_session[session] = stand_in
 
     def detach(self, stand_in: _SharedSub) -> None:
-        if stand_in.addr is not None:
-            self.members[stand_in.addr].pop(stand_in, None)
+        feed = stand_in.feed
+        if feed is not None:
+            feed.members.pop(stand_in, None)
+            feed.unfed.pop(stand_in, None)
+        if stand_in.session is not None and self.by_session.get(stand_in.session) is stand_in:
+            del self.by_session[stand_in.session]
 
-    def _dispatch(self, addr: str) -> None:
-        sub = self.subs.get(addr)
-        if sub is None:
-            return
+    def _dispatch(self, feed: _Feed) -> None:
+        sub = feed.sub
         batch = []
         while len(batch) < 100:
             try:
                 batch.append(sub.recv_multipart(flags=zmq.NOBLOCK))
             except zmq.Again:
                 break
-        if not batch:
+        for frames in batch:
+            self.heartbeats += 1
+            self.seq += 1
+            feed.history.append([self.seq, frames, {}])
+            for m in list(feed.unfed):  # usually none: sessions the wheel does not beat yet
+                m.seen = self.seq
+                m.push(frames)
+
+    def catch_up(self, session: NodeSession) -> None:
+        """Hand `session` the heartbeats its stand-in has not had (called before its beat).
+
+        From then on the hub stops feeding this stand-in through its inbox."""
+        m = self.by_session.get(session)
+        if m is None or m.closed:
             return
-        for m in self.members.get(addr, ()):
-            m.inbox.extend(batch)
-            if m.poller is not None:
-                m.poller.wake(m)
+        feed = m.feed
+        config = session.config
+        if feed is None or config is None or session.phase != CONNECTED:
+            return
+        if feed.unfed:
+            feed.unfed.pop(m, None)
+        seen = m.seen
+        if seen >= self.seq:
+            return
+        fresh = []
+        for entry in reversed(feed.history):
+            if entry[0] <= seen:
+                break
+            fresh.append(entry)
+        m.seen = self.seq
+        if not fresh:
+            return
+        kid = self.codec.key_id(config.public_key)
+        for entry in reversed(fresh):
+            verdicts = entry[2]
+            body = verdicts.get(kid, _UNSEEN)
+            if body is _UNSEEN:
+                try:
+                    body = self.codec.decode(session, entry[1], "heartbeat")
+                    if body.get("type") != "heartbeat":
+                        body = None
+                except ProtocolError:
+                    body = None
+                verdicts[kid] = body
+            if body is None:
+                m.push(entry[1])  # the session's own pipeline drops (or ignores) and logs it
+            else:
+                session.server_heartbeat(body)
+                self.handed += 1
 
     def close(self) -> None:
-        for sub in self.subs.values():
-            self.loop.remove_reader(sub)
-            sub.close(linger=0)
-        self.subs.clear()
+        for feed in self.feeds.values():
+            self.loop.remove_reader(feed.sub)
+            feed.sub.close(linger=0)
+        self.feeds.clear()
 
 
 class SendBatch:
@@ -401,20 +524,37 @@ class SendBatch:
     is held back, only inside `hold()`; the order per socket is kept. A
     held-back send that then fails (queue full, socket gone) is counted in
     `failed` (the agent drops a heartbeat that cannot be sent, too).
+
+    The flush sends through pyzmq's Cython methods (two raw sends, SNDMORE |
+    NOBLOCK, EAGAIN caught) and hands the sockets it sent on to
+    `poller.check_later`: a send processes the socket's pending libzmq
+    commands and may thereby swallow the ZMQ_FD notification of a message
+    that arrived meanwhile, so each socket must be asked for ZMQ_EVENTS once
+    after its send (see `FleetPoller.check_later` for why not at once).
     """
 
     def __init__(self) -> None:
         self.holding = False
         self.items: list[tuple[zmq.Socket, Any]] = []
         self.failed = 0
+        self.poller: Optional["FleetPoller"] = None
 
     def flush(self) -> None:
         items, self.items = self.items, []
+        send = _raw_send
+        more, last = _MORE_NOBLOCK, _NOBLOCK
+        sent = []
         for sock, frames in items:
             try:
-                zmq.Socket.send_multipart(sock, frames, flags=zmq.NOBLOCK)
-            except zmq.ZMQError:
+                for frame in frames[:-1]:
+                    send(sock, frame, more)
+                send(sock, frames[-1], last)
+            except zmq.ZMQError:  # EAGAIN (queue full), ENOTSOCK (closed meanwhile)...
                 self.failed += 1
+                continue
+            sent.append(sock)
+        if self.poller is not None:
+            self.poller.check_later(sent)
 
 
 class BatchingDealer(zmq.Socket):
@@ -432,22 +572,39 @@ class BatchingDealer(zmq.Socket):
 
 
 class FleetContext:
-    """The sessions' socket factory (`NodeSession(context=...)`): real DEALERs (batching their
-    heartbeat sends when `batch` is given), stand-in SUBs in shared mode."""
+    """The sessions' socket factory: real DEALERs (batching their heartbeat sends when `batch`
+    is given), stand-in SUBs in shared mode. Each session gets a `NodeSockets` view of it
+    (`for_node`), so that a stand-in knows whose it is."""
 
     def __init__(self, context: zmq.Context, hub: Optional[HeartbeatHub], batch: Optional[SendBatch] = None):
         self._context = context
         self.hub = hub
         self.batch = batch
 
-    def socket(self, socket_type: int, **kw: Any) -> Any:
+    def for_node(self, owner: Any) -> "NodeSockets":
+        return NodeSockets(self, owner)
+
+    def socket(self, socket_type: int, owner: Any = None, **kw: Any) -> Any:
         if socket_type == zmq.SUB and self.hub is not None:
-            return _SharedSub(self.hub)
+            return _SharedSub(self.hub, owner)
         if socket_type == zmq.DEALER and self.batch is not None:
             sock = self._context.socket(socket_type, socket_class=BatchingDealer, **kw)
             sock.batch = self.batch
             return sock
         return self._context.socket(socket_type, **kw)
+
+
+class NodeSockets:
+    """One session's `context` (`NodeSession(context=...)`): the fleet's factory, plus whose."""
+
+    __slots__ = ("factory", "owner")
+
+    def __init__(self, factory: FleetContext, owner: Any):
+        self.factory = factory
+        self.owner = owner
+
+    def socket(self, socket_type: int, **kw: Any) -> Any:
+        return self.factory.socket(socket_type, owner=self.owner, **kw)
 
 
 class FleetPoller:
@@ -463,15 +620,24 @@ class FleetPoller:
     """
 
     #: every socket is checked once per this many seconds, a slice per wake-up
-    SWEEP_PERIOD = 5.0
+    SWEEP_PERIOD = 15.0
+    #: a socket a heartbeat was batch-sent on is checked this many seconds later (check_later)
+    CHECK_DELAY = 0.05
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, clock: Callable[[], float] = time.monotonic, sends: Optional[SendBatch] = None):
         self.clock = clock
+        self.sends = sends
+        if sends is not None:
+            sends.poller = self
         self._epoll = select.epoll()
         self._fd_of: dict[Any, int] = {}
         self._sock_of: dict[int, Any] = {}
         self._dirty: set = set()
+        self._later: collections.deque = collections.deque()  # (due, [sockets]) of check_later
+        self._check_due: dict[Any, float] = {}  # socket -> due time of its pending later check
         self._last_sweep = clock()
+        self.checks = 0  # ZMQ_EVENTS asked (each one a system call in libzmq)
+        self.polls = 0  # wake-ups
         self._sweep_order: list[Any] = []
         self._sweep_pos = 0
 
@@ -490,6 +656,7 @@ class FleetPoller:
 
     def unregister(self, sock: Any) -> None:
         self._dirty.discard(sock)
+        self._check_due.pop(sock, None)
         if isinstance(sock, _SharedSub):
             sock.poller = None
             return
@@ -506,13 +673,38 @@ class FleetPoller:
         self._dirty.add(sock)
 
     def note_send(self, sock: Any) -> None:
+        sends = self.sends
+        if sends is not None and sends.holding:
+            return  # a held-back send: `SendBatch.flush` checks the socket once it went out
         if sock in self._fd_of:
             self._dirty.add(sock)
+
+    def check_later(self, socks: list[Any]) -> None:
+        """Ask these sockets for ZMQ_EVENTS once, CHECK_DELAY s from now (after a batch send).
+
+        Why later: libzmq's I/O thread answers every second message read from
+        a DEALER with SNDHWM 3 with an `activate_write` command, whose ZMQ_FD
+        notification costs a ZMQ_EVENTS check of its own. Checked at once,
+        that was 1.5 checks per node and heartbeat; checked a little later,
+        the command is usually there, a socket epoll reports meanwhile is
+        checked then and not again: one check per heartbeat. Input that a
+        send's command processing hid is found at most CHECK_DELAY s late.
+        """
+        if not socks:
+            return
+        due = self.clock() + self.CHECK_DELAY
+        check_due = self._check_due
+        for sock in socks:
+            check_due[sock] = due
+        self._later.append((due, socks))
 
     def pending(self) -> bool:
         return bool(self._dirty)
 
     def poll(self, timeout: float) -> list[Any]:
+        later = self._later
+        if later:
+            timeout = max(0.0, min(timeout, later[0][0] - self.clock()))
         try:
             events = self._epoll.poll(timeout)
         except InterruptedError:
@@ -523,12 +715,29 @@ class FleetPoller:
             sock = sock_of.get(fd)
             if sock is not None:
                 ready.add(sock)
+        check_due = self._check_due
+        if later:
+            now = self.clock()
+            fd_of = self._fd_of
+            while later and later[0][0] <= now:
+                due, socks = later.popleft()
+                for sock in socks:
+                    if check_due.get(sock) == due:  # not checked since it was sent on
+                        if sock in fd_of:
+                            ready.add(sock)
+                        else:
+                            del check_due[sock]
         self._sweep(ready)
         out = []
+        get = _raw_get
+        self.polls += 1
         for sock in ready:
             if isinstance(sock, zmq.Socket):
+                self.checks += 1
+                if check_due:
+                    check_due.pop(sock, None)
                 try:
-                    if not sock.getsockopt(_EVENTS) & _POLLIN:
+                    if not get(sock, _EVENTS) & _POLLIN:
                         continue
                 except zmq.ZMQError:
                     continue
@@ -579,9 +788,10 @@ class HeartbeatWheel:
     """
 
     def __init__(self, loop: EventLoop, batch: float = 0.1, grain: float = TIMER_GRAIN,
-                 sends: Optional[SendBatch] = None):
+                 sends: Optional[SendBatch] = None, hub: Optional[HeartbeatHub] = None):
         self.loop = loop
         self.sends = sends
+        self.hub = hub
         self.grain = grain
         self.batch = max(grain, batch)
         self.slots: dict[int, list[NodeSession]] = {}
@@ -626,6 +836,7 @@ class HeartbeatWheel:
 
     def _beat_all(self, slot: int) -> None:
         due = self.due
+        catch_up = self.hub.catch_up if self.hub is not None else None
         for s in self.slots.pop(slot, ()):
             if due.get(s) != slot:
                 continue  # rescheduled or cancelled since
@@ -633,6 +844,8 @@ class HeartbeatWheel:
             self.beats += 1
             self._beating = s
             try:
+                if catch_up is not None:
+                    catch_up(s)  # the server heartbeats since its last beat, then its beat
                 s.beat()
             except Exception:  # one session must not stop the others' heartbeats
                 log.exception("heartbeat of %s failed", s.node)
@@ -660,7 +873,7 @@ class FleetCodec(MessageCodec):
     def __init__(self, fast_heartbeats: bool = True):
         self.fast_heartbeats = fast_heartbeats
         self.verified: dict[tuple[bytes, bytes, int], dict] = {}
-        self._templates: dict[NodeSession, tuple[str, bytes, bytes]] = {}
+        self._templates: dict[NodeSession, tuple[str, bytes, bytes, bytes, Any]] = {}
         self._key_ids: dict[int, tuple[Any, int]] = {}
         self._date_second = -1
         self._date = b""
@@ -674,12 +887,15 @@ class FleetCodec(MessageCodec):
         if job_state not in JOB_STATES or not (job_id is None or isinstance(job_id, str)):
             return super().encode(session, msg_type, fields)
         tpl = self._templates.get(session)
-        if tpl is None or tpl[0] != session.incarnation_id:
+        if tpl is None or tpl[0] != session.incarnation_id or tpl[3] is not config.session_key:
             ident = session.identity
             head = dumps({"node": session.node, "client": ident.client_name, "protocol_version": "2.0",
                           "org": ident.org, "type": "heartbeat"})
+            # a keyed HMAC per template, copied per message: half the cost of hmac.digest(),
+            # which sets the key up (and looks the digest up by name) every time
             tpl = (session.incarnation_id, head[:-1] + b',"sequence":',
-                   b',"incarnation_id":' + dumps(session.incarnation_id) + b',"job_state":')
+                   b',"incarnation_id":' + dumps(session.incarnation_id) + b',"job_state":',
+                   config.session_key, hmac.new(config.session_key, digestmod=hashlib.sha256))
             self._templates[session] = tpl
         t = session.wall_clock()
         second = int(t)
@@ -688,13 +904,14 @@ class FleetCodec(MessageCodec):
         body = b"".join((tpl[1], str(session.next_sequence()).encode(), self._date, tpl[2],
                          b'"idle"' if job_state == "idle" else dumps(job_state),
                          b',"job_id":null}' if job_id is None else b',"job_id":' + dumps(job_id) + b"}"))
-        sig = base64.b64encode(hmac.digest(config.session_key, body, "sha256"))
-        return [_HMAC_HEADER + sig, body]
+        mac = tpl[4].copy()
+        mac.update(body)
+        return [_HMAC_HEADER + b2a_base64(mac.digest(), newline=False), body]
 
     def forget(self, session: NodeSession) -> None:
         self._templates.pop(session, None)
 
-    def _key_id(self, key: Any) -> int:
+    def key_id(self, key: Any) -> int:
         """The server key's modulus (sessions hold equal keys as different objects)."""
         entry = self._key_ids.get(id(key))
         if entry is None or entry[0] is not key:
@@ -708,7 +925,7 @@ class FleetCodec(MessageCodec):
         config = session.config
         if channel != "heartbeat" or len(frames) != 2 or config is None:
             return super().decode(session, frames, channel)
-        key = (bytes(frames[0]), bytes(frames[1]), self._key_id(config.public_key))
+        key = (bytes(frames[0]), bytes(frames[1]), self.key_id(config.public_key))
         body = self.verified.get(key)
         if body is None:
             body = super().decode(session, frames, channel)  # raises if invalid: never cached
@@ -814,14 +1031,14 @@ class Fleet:
         self.private_key = private_key if private_key is not None else _load_private_key(opts.key_path)
         self.zmq_context = zmq.Context(io_threads=max(1, opts.io_threads))
         self.zmq_context.set(zmq.MAX_SOCKETS, max(1024, 4 * opts.count + 64))
-        self.poller = FleetPoller()
+        self.sends = SendBatch() if opts.batch_sends else None
+        self.poller = FleetPoller(sends=self.sends)
         self.loop = EventLoop(context=self.zmq_context, workers=opts.workers, poller=self.poller,
                               timer_grain=TIMER_GRAIN)
-        self.hub = HeartbeatHub(self.loop, self.zmq_context) if opts.shared_sub else None
-        self.sends = SendBatch() if opts.batch_sends else None
-        self.socket_factory = FleetContext(self.zmq_context, self.hub, self.sends)
-        self.heartbeats = HeartbeatWheel(self.loop, opts.heartbeat_batch, sends=self.sends)
         self.codec = FleetCodec(fast_heartbeats=opts.fast_heartbeats)
+        self.hub = HeartbeatHub(self.loop, self.zmq_context, self.codec) if opts.shared_sub else None
+        self.socket_factory = FleetContext(self.zmq_context, self.hub, self.sends)
+        self.heartbeats = HeartbeatWheel(self.loop, opts.heartbeat_batch, sends=self.sends, hub=self.hub)
         self.address_check = loopback_only(self)
         self.counters: collections.Counter = collections.Counter()
         self.rng = random.Random(opts.seed + opts.first)
@@ -850,7 +1067,7 @@ class Fleet:
                              chef_server_url=self.opts.chef_server_url,
                              private_key=self.private_key, client_name=runner.node)
         return NodeSession(self.loop, ident, runner, self.session_options,
-                           rng=random.Random(self.rng.random()), context=self.socket_factory,
+                           rng=random.Random(self.rng.random()), context=self.socket_factory.for_node(runner),
                            address_check=self.address_check, codec=self.codec,
                            heartbeats=self.heartbeats, http=self._http_for(ident))
 
@@ -934,6 +1151,10 @@ class Fleet:
             elif state == "running":
                 st.running += 1
             agg.update(s.stats)
+        agg["poller_checks"] = self.poller.checks
+        agg["poller_wakeups"] = self.poller.polls
+        if self.hub is not None:
+            agg["shared_server_heartbeats"] = self.hub.heartbeats
         if self.sends is not None and self.sends.failed:
             agg["send_failures"] += self.sends.failed
             agg["batched_send_failures"] = self.sends.failed

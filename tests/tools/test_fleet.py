@@ -388,7 +388,8 @@ def test_sessions_use_only_the_public_hooks():
         assert type(fleet.loop) is EventLoop and isinstance(fleet.loop.poller, FleetPoller)
         assert all(type(s) is NodeSession for s in fleet.sessions)
         s = fleet.sessions[0]
-        assert s.codec is fleet.codec and s.heartbeats is fleet.heartbeats and s.context is fleet.socket_factory
+        assert s.codec is fleet.codec and s.heartbeats is fleet.heartbeats
+        assert s.context.factory is fleet.socket_factory and s.context.owner is fleet.runners[0]
         bad = types.SimpleNamespace(out_addr="tcp://10.0.0.1:1", command_addr="tcp://127.0.0.1:2")
         assert "non-loopback" in s.address_check(bad)
         assert fleet.counters["refused_address"] == 1
@@ -439,4 +440,215 @@ def test_send_batch_holds_dealer_sends_until_the_slot_is_encoded():
         router.close(linger=0)
         if not dealer.closed:
             dealer.close(linger=0)
+        ctx.term()
+
+
+# --------------------------------------------------------------------------------------
+# shared server heartbeats: verified once, handed to each session at its beat
+
+
+class _Owner:
+    """What a stand-in knows of its node: the runner, whose `session` is the current one."""
+
+    def __init__(self):
+        self.session = None
+
+
+def _hub_fleet(n, *, offline_threshold=2):
+    """n real NodeSessions on one loop (fake clock, no network) fed by one HeartbeatHub whose SUB
+    is a real PUB/SUB pair on loopback; the wheel beats them. Returns (loop, hub, wheel, sessions,
+    publish, clock, close)."""
+    import uuid
+
+    import zmq
+
+    from pushjobs.agent.connection import ServerConfig
+    from pushjobs.agent.loop import EventLoop
+    from pushjobs.agent.session import CONNECTED
+    from pushjobs.protocol.framing import RSA2048_SHA1
+    from pushjobs.protocol.keys import generate_rsa_key
+    from pushjobs.protocol.messages import dumps
+    from pushjobs.protocol.signing import encode_frames
+    from pushjobs.protocol.timestamps import http_date
+    from pushjobs.tools.fleet import FleetContext, HeartbeatHub
+
+    class NoWait:
+        def register(self, sock): pass
+        def unregister(self, sock): pass
+        def poll(self, timeout): return []
+        def pending(self): return False
+        def note_send(self, sock): pass
+        def close(self): pass
+
+    server_key = generate_rsa_key()
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    pub.linger = 0
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    clock = [1000.0]
+    loop = EventLoop(ctx, workers=1, clock=lambda: clock[0], timer_grain=0.01, poller=NoWait())
+    codec = FleetCodec()
+    hub = HeartbeatHub(loop, ctx, codec)
+    wheel = HeartbeatWheel(loop, batch=0.1, hub=hub)
+    factory = FleetContext(ctx, hub)
+    incarnation = [str(uuid.uuid4())]
+    sessions = []
+    for i in range(n):
+        owner = _Owner()
+        s = _session(loop, codec, wall=time.time, heartbeats=wheel, name=f"n{i}")
+        owner.session = s
+        s.handler.session = s
+        s.config = ServerConfig(**{**s.config.__dict__, "public_key": server_key.public_key(),
+                                   "out_addr": f"tcp://127.0.0.1:{port}",
+                                   "offline_threshold": offline_threshold,
+                                   "incarnation_id": incarnation[0]})
+        s.server_incarnation = incarnation[0]
+        sub = factory.socket(zmq.SUB, owner=owner)
+        sub.connect(s.config.out_addr)
+        s.phase = CONNECTED
+        s._conn = types.SimpleNamespace(sub=sub, dealer=None, send=lambda frames: True, closed=False,
+                                        close=lambda: None, drain=lambda sock: [])
+        wheel.schedule(s, i / n)
+        sessions.append(s)
+    sub = hub.feeds[f"tcp://127.0.0.1:{port}"].sub
+    seq = [0]
+
+    def publish():
+        """One signed server heartbeat, delivered to the hub's real SUB (waits for it)."""
+        seq[0] += 1
+        body = dumps({"type": "heartbeat", "server": "h", "org": "acme", "timestamp": http_date(),
+                      "incarnation_id": incarnation[0], "sequence": seq[0], "job_state": "running"})
+        before = hub.heartbeats
+        deadline = time.monotonic() + 5
+        while hub.heartbeats == before:
+            assert time.monotonic() < deadline, "the hub's SUB got nothing"
+            pub.send_multipart(encode_frames(body, RSA2048_SHA1, server_key))
+            if sub.poll(200):
+                hub._dispatch(hub.feeds[f"tcp://127.0.0.1:{port}"])
+
+    def close():
+        hub.close()
+        loop.close()
+        pub.close(linger=0)
+        ctx.term()
+
+    return loop, hub, wheel, sessions, publish, clock, incarnation, close
+
+
+def test_shared_heartbeats_are_verified_once_and_every_node_still_judges_the_server_itself():
+    """50 nodes on one shared SUB: each server heartbeat is verified once per process and handed
+    to every node at its beat (each node's own counters); when they stop, every node declares the
+    server offline on its own; heartbeats from a new incarnation make every node reconfigure."""
+    loop, hub, wheel, sessions, publish, clock, incarnation, close = _hub_fleet(50)
+    offline: list[str] = []
+    for s in sessions:
+        s._reconnect = (lambda node: lambda reason, **kw: offline.append((node, reason)))(s.node)
+
+    def run(seconds, heartbeat=True):
+        end = clock[0] + seconds
+        while clock[0] < end:
+            if heartbeat and abs(clock[0] - round(clock[0])) < 1e-9:
+                publish()
+            clock[0] = round(clock[0] + 0.01, 6)
+            loop._run_once()
+
+    try:
+        run(5.0)
+        assert offline == []
+        assert all(s.stats["server_heartbeats"] >= 4 for s in sessions)
+        assert hub.handed >= 4 * 50
+        assert len(codec_verified := hub.codec.verified) <= 16 and len(codec_verified) >= 1
+        # no node got a heartbeat twice: per-node count == heartbeats received since it first beat
+        assert max(s.stats["server_heartbeats"] for s in sessions) <= hub.heartbeats
+        # the server goes quiet: each node counts its own intervals (threshold 2: offline at the 4th)
+        run(5.0, heartbeat=False)
+        assert sorted(n for n, _ in offline) == sorted(s.node for s in sessions)
+        assert all(reason == "server offline" for _, reason in offline)
+    finally:
+        close()
+
+
+def test_shared_heartbeats_a_new_incarnation_and_forgeries():
+    loop, hub, wheel, sessions, publish, clock, incarnation, close = _hub_fleet(20)
+    reconf: list[str] = []
+    for s in sessions:
+        s._schedule = (lambda node, orig: lambda name, delay, fn: (reconf.append(node) if name == "reconfigure"
+                                                                  else orig(name, delay, fn)))(s.node, s._schedule)
+    try:
+        def run(seconds):
+            end = clock[0] + seconds
+            while clock[0] < end:
+                if abs(clock[0] - round(clock[0])) < 1e-9:
+                    publish()
+                clock[0] = round(clock[0] + 0.01, 6)
+                loop._run_once()
+
+        run(2.0)
+        assert reconf == []
+        import uuid
+        incarnation[0] = str(uuid.uuid4())  # the server restarted
+        run(2.0)
+        assert sorted(set(reconf)) == sorted(s.node for s in sessions)
+        # a forged heartbeat (bad signature) is handed to each session's own pipeline, which drops it
+        before = [s.stats["dropped"] for s in sessions]
+        feed = next(iter(hub.feeds.values()))
+        hub.seq += 1
+        feed.history.append([hub.seq, [b"Version:2.0;SigningMethod:rsa2048_sha1;Signature:AAAA", b"{}"], {}])
+        clock[0] = round(clock[0] + 1.0, 6)
+        loop._run_once()
+        for s in sessions:
+            while s._conn.sub.inbox:
+                s._decode(s._conn.sub.recv_multipart(), "heartbeat")
+        assert all(s.stats["dropped"] == b + 1 for s, b in zip(sessions, before))
+    finally:
+        close()
+
+
+def test_poller_checks_a_batch_sent_socket_once_later_and_finds_swallowed_input():
+    """After a held-back send the poller asks the socket for ZMQ_EVENTS once (CHECK_DELAY later, or
+    when epoll reports it first): input whose notification the send processed is still found."""
+    import zmq
+
+    from pushjobs.tools.fleet import FleetContext, SendBatch
+
+    ctx = zmq.Context()
+    batch = SendBatch()
+    clock = [100.0]
+    poller = FleetPoller(clock=lambda: clock[0], sends=batch)
+    router = ctx.socket(zmq.ROUTER)
+    router.linger = 0
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    dealer = FleetContext(ctx, None, batch).socket(zmq.DEALER)
+    dealer.linger = 0
+    dealer.setsockopt(zmq.SNDHWM, 3)
+    dealer.connect(f"tcp://127.0.0.1:{port}")
+    try:
+        poller.register(dealer)
+        dealer.send_multipart([b"h", b"hello"], flags=zmq.NOBLOCK)
+        rid = router.recv_multipart()[0]
+        wait_for(lambda: dealer in poller.poll(0.05) or not dealer.poll(0), timeout=5, message="settled")
+        while dealer.poll(0):
+            dealer.recv_multipart()
+        # the server's message arrives; then a batch send processes its notification
+        router.send_multipart([rid, b"h", b"commit"])
+        wait_for(lambda: zmq.backend.Socket.get(dealer, zmq.FD) and
+                 __import__("select").select([dealer.getsockopt(zmq.FD)], [], [], 0)[0], timeout=5,
+                 message="notification pending")
+        batch.holding = True
+        dealer.send_multipart([b"h", b"beat"], flags=zmq.NOBLOCK)
+        batch.holding = False
+        batch.flush()
+        assert poller._check_due  # one check pending for this socket
+        got = []
+        deadline = time.monotonic() + 5
+        while dealer not in got and time.monotonic() < deadline:
+            clock[0] += 0.06  # past CHECK_DELAY
+            got = poller.poll(0.01)
+        assert dealer in got
+        assert dealer.recv_multipart(zmq.NOBLOCK) == [b"h", b"commit"]
+        assert not poller._check_due
+    finally:
+        poller.close()
+        router.close(linger=0)
+        dealer.close(linger=0)
         ctx.term()
