@@ -315,6 +315,14 @@ _MORE_NOBLOCK = int(zmq.SNDMORE) | _NOBLOCK
 # (argument checks, enum flags) and ~2 µs per option read, per node and second
 _raw_send = zmq.backend.Socket.send
 _raw_get = zmq.backend.Socket.get
+try:  # OpenSSL's HMAC object itself: copy/update/digest without hmac.HMAC's Python frames
+    from _hashlib import hmac_new as _openssl_hmac_new
+
+    def _keyed_sha256(key: bytes) -> Any:
+        return _openssl_hmac_new(key, digestmod="sha256")
+except ImportError:  # pragma: no cover - Python without OpenSSL
+    def _keyed_sha256(key: bytes) -> Any:
+        return hmac.new(key, digestmod=hashlib.sha256)
 _HMAC_HEADER = b"Version:2.0;SigningMethod:" + HMAC_SHA256.encode("ascii") + b";Signature:"
 
 
@@ -331,7 +339,7 @@ class _SharedSub:
     readable: the session drains it like a socket, through its own receive
     pipeline (which drops and logs what is bad)."""
 
-    __slots__ = ("hub", "owner", "feed", "inbox", "addr", "poller", "closed", "seen", "session")
+    __slots__ = ("hub", "owner", "feed", "inbox", "addr", "poller", "closed", "seen", "session", "key", "kid")
 
     def __init__(self, hub: "HeartbeatHub", owner: Any = None):
         self.hub = hub
@@ -343,6 +351,8 @@ class _SharedSub:
         self.poller: Optional["FleetPoller"] = None
         self.closed = False
         self.seen = 0  # the hub sequence number of the last heartbeat this stand-in got
+        self.key: Any = None  # the server key of its session's config, and its id (codec.key_id)
+        self.kid = 0
 
     def setsockopt(self, *args: Any) -> None:
         pass
@@ -489,7 +499,9 @@ class HeartbeatHub:
         m.seen = self.seq
         if not fresh:
             return
-        kid = self.codec.key_id(config.public_key)
+        if m.key is not config.public_key:
+            m.key, m.kid = config.public_key, self.codec.key_id(config.public_key)
+        kid = m.kid
         for entry in reversed(fresh):
             verdicts = entry[2]
             body = verdicts.get(kid, _UNSEEN)
@@ -895,7 +907,7 @@ class FleetCodec(MessageCodec):
             # which sets the key up (and looks the digest up by name) every time
             tpl = (session.incarnation_id, head[:-1] + b',"sequence":',
                    b',"incarnation_id":' + dumps(session.incarnation_id) + b',"job_state":',
-                   config.session_key, hmac.new(config.session_key, digestmod=hashlib.sha256))
+                   config.session_key, _keyed_sha256(config.session_key))
             self._templates[session] = tpl
         t = session.wall_clock()
         second = int(t)
@@ -1137,7 +1149,8 @@ class Fleet:
     def stats(self) -> FleetStats:
         """A snapshot (read from another thread: approximate while the loop runs)."""
         st = FleetStats(nodes=len(self.sessions))
-        agg: collections.Counter = collections.Counter(self.counters)
+        agg: dict[str, int] = dict(self.counters)
+        get = agg.get
         for s, r in zip(list(self.sessions), list(self.runners)):
             if s.phase == CONNECTED:
                 st.connected += 1
@@ -1150,13 +1163,15 @@ class Fleet:
                 st.committed += 1
             elif state == "running":
                 st.running += 1
-            agg.update(s.stats)
+            for k, v in list(s.stats.items()):
+                if v:
+                    agg[k] = get(k, 0) + v
         agg["poller_checks"] = self.poller.checks
         agg["poller_wakeups"] = self.poller.polls
         if self.hub is not None:
             agg["shared_server_heartbeats"] = self.hub.heartbeats
         if self.sends is not None and self.sends.failed:
-            agg["send_failures"] += self.sends.failed
+            agg["send_failures"] = get("send_failures", 0) + self.sends.failed
             agg["batched_send_failures"] = self.sends.failed
         st.counters = dict(agg)
         st.counters[LAG_KEY] = int(1000 * self.loop.take_lag())
