@@ -137,7 +137,7 @@ def fanout(b: Bench, runs: int, profile_dir: Optional[Path], hb: HeartbeatWatch,
         cpu0 = procstat.sample(worker).cpu, sum(procstat.sample(p).cpu for p in b.fleet_pids())
         # the fleet process doing the work (the busiest: with --processes K the parent only supervises)
         fleet_main = max(b.fleet_pids(), key=lambda p: procstat.sample(p).cpu, default=None)
-        sched0 = schedstat(worker), schedstat(fleet_main)
+        sched0 = schedstat(worker), schedstat(fleet_main, threads=True)
         w0 = time.time()
         t0 = time.monotonic()
         r = b.admin.post("jobs", json={"command": "chef-client", "nodes": names, "run_timeout": 600})
@@ -157,16 +157,17 @@ def fanout(b: Bench, runs: int, profile_dir: Optional[Path], hb: HeartbeatWatch,
             time.sleep(0.05 if b.nodes <= 1000 else 0.2)  # polling costs the server CPU too
         elapsed = time.monotonic() - t0
         cpu1 = procstat.sample(worker).cpu, sum(procstat.sample(p).cpu for p in b.fleet_pids())
-        sched1 = schedstat(worker), schedstat(fleet_main)
+        sched1 = schedstat(worker), schedstat(fleet_main, threads=True)
         phases = server_phases(b, job_id) if b.server_settings.get("log_level") in ("info", "debug") else {}
         if phases:
             client = {"post_sent": w0, "post_returned": w0 + t_post, "seen": w0 + elapsed}
             log(f"fan-out run {run + 1} phases (s since POST sent): " + " ".join(
                 f"{k} +{v - w0:.3f}" for k, v in sorted({**phases, **client}.items(), key=lambda kv: kv[1]))
                 + f"; CPU s meanwhile: server {cpu1[0] - cpu0[0]:.2f}, fleet {cpu1[1] - cpu0[1]:.2f}"
-                + "".join(f"; {who} main thread: running {r1 - r0:.2f} s, runnable but not running {w1 - w0:.2f} s, "
-                          f"waiting {elapsed - (r1 - r0) - (w1 - w0):.2f} s"
-                          for who, (r0, w0), (r1, w1) in zip(("server", "fleet"), sched0, sched1) if r0 or r1))
+                + "".join(f"; {who}: running {r1 - r0:.2f} s, runnable but not running {w1 - w0:.2f} s"
+                          + (f", waiting {elapsed - (r1 - r0) - (w1 - w0):.2f} s" if one else "")
+                          for who, one, (r0, w0), (r1, w1) in zip(("server loop thread", "fleet (all threads)"),
+                                                                  (True, False), sched0, sched1) if r0 or r1))
         jr = b.admin.get(f"jobs/{job_id}")
         if jr.status_code == 200:
             node_counts.append({k: len(v) for k, v in jr.json().get("nodes", {}).items()})
@@ -195,12 +196,17 @@ def fanout(b: Bench, runs: int, profile_dir: Optional[Path], hb: HeartbeatWatch,
     return res
 
 
-def schedstat(pid: Optional[int]) -> tuple[float, float]:
-    """(seconds running on a CPU, seconds runnable but waiting for one) of a process's main thread."""
+def schedstat(pid: Optional[int], threads: bool = False) -> tuple[float, float]:
+    """(seconds running on a CPU, seconds runnable but waiting for one) of a process's main
+    thread (the server's event loop), or summed over all its threads (`threads`)."""
     try:
-        with open(f"/proc/{pid}/task/{pid}/schedstat") as fh:
-            run_ns, wait_ns = fh.read().split()[:2]
-        return int(run_ns) / 1e9, int(wait_ns) / 1e9
+        tids = os.listdir(f"/proc/{pid}/task") if threads else [str(pid)]
+        run = wait = 0
+        for tid in tids:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as fh:
+                run_ns, wait_ns = fh.read().split()[:2]
+            run, wait = run + int(run_ns), wait + int(wait_ns)
+        return run / 1e9, wait / 1e9
     except (OSError, ValueError, TypeError):
         return 0.0, 0.0
 
