@@ -37,36 +37,45 @@ itself after `--duration` seconds.
 
 Adapters: the simulator uses only the public extension points of the agent's
 session and loop (docs/agent.md "Extension points"), filled here:
-* `EventLoop(poller=FleetPoller(), timer_grain=0.01)`: epoll on each
-  socket's ZMQ_FD instead of `zmq_poll` over every socket on every wake-up
-  (O(sockets)); ZMQ_EVENTS is asked only of sockets epoll or a send points
-  at, plus a sweep of all once a second.
+* `EventLoop(poller=FleetPoller(sends=...), timer_grain=0.01)`: epoll on
+  each socket's ZMQ_FD instead of `zmq_poll` over every socket on every
+  wake-up (O(sockets)); ZMQ_EVENTS is asked only of sockets epoll, a direct
+  send or a batch send (once, `check_later`) points at, plus a sweep of all
+  every 15 s.
 * `NodeSession(heartbeats=HeartbeatWheel)`: no timer per node; one loop
   timer per slot (10-100 ms, `--heartbeat-batch`) beats every session due
   in it, and their sends go out back to back once the slot is encoded
-  (`SendBatch`, through the DEALERs of the socket factory below).
+  (`SendBatch`, pyzmq's Cython send, through the DEALERs of the socket
+  factory below).
 * `NodeSession(codec=FleetCodec)`: heartbeats from a per-node template
-  (byte-identical to the agent's encoder, HMAC per message; tested) and the
-  RSA verification of server heartbeats memoized per (bytes, server key):
-  the same signed bytes reach every session of a process.
-* `NodeSession(context=FleetContext)`: in shared-SUB mode (`--sub shared`,
-  and `auto` above 200 nodes per process) every session's SUB socket is a
-  stand-in fed by ONE real SUB per process, so the server sees N command
-  connections but only K heartbeat connections (its open-file limit here is
-  20,000: 10,000 nodes cannot each hold two TCP connections); each session
-  still decodes and verifies every heartbeat through its codec.
+  (byte-identical to the agent's encoder, HMAC per message with a keyed
+  OpenSSL HMAC copied per message; tested) and the RSA verification of
+  server heartbeats memoized per (bytes, server key).
+* `NodeSession(context=FleetContext.for_node(runner))`: in shared-SUB mode
+  (`--sub shared`, and `auto` above 200 nodes per process) every session's
+  SUB socket is a stand-in of ONE real SUB per process, so the server sees N
+  command connections but only K heartbeat connections (its open-file limit
+  here is 20,000: 10,000 nodes cannot each hold two TCP connections). The
+  `HeartbeatHub` verifies each server heartbeat once per process and server
+  key and the wheel hands it to each session just before its beat
+  (`NodeSession.server_heartbeat`): every node keeps its own liveness
+  counters and declares the server offline on its own when they stop.
 * `NodeSession(address_check=...)`: non-loopback ZeroMQ addresses refused
   before connecting; `http=`: one keep-alive HTTP pool per process.
 
-Cost (steady state, 1 s heartbeat, 1,000 idle nodes, this 2-core machine,
-CPU of the fleet process and its children over 30 s): ~125 µs per
-node-second with the defaults (shared SUB), ~172 with `--sub per-node`;
-before these adapters ~200 (shared) / ~240 (per-node) with
-`--fast-heartbeats`, ~330 with the agent's encoder and 10 ms slots. What
-remains per node-second: the heartbeat's HMAC and pyzmq send (~30 µs of
-Python), one ZMQ_EVENTS check after it, the server heartbeat's fan-out to
-every session (~15 µs), and libzmq's I/O thread (CurveZMQ box + one
-loopback TCP send per node, ~35 µs, mostly kernel time).
+Cost (steady state, 1 s heartbeat, 1,000 idle nodes, `--sub shared`, this
+2-core machine shared with other work, CPU of the fleet process over 20-25 s
+from /proc/PID/stat, A/B runs against the same server): ~84-95 µs per
+node-second (round 2: 102-115 in the same conditions; round 1: ~200). Of
+that, ~30 µs is libzmq's I/O thread (one loopback TCP send per message, most
+of it the kernel's TCP path, plus two epoll_ctl and the CurveZMQ box), and
+in the Python thread ~20 µs is not Python: two raw sends, and one ZMQ_EVENTS
+check per send (SNDHWM 3, the agent's, makes libzmq answer every message
+with an `activate_write` command that must be drained: three system calls
+on a cold socket). The rest is the agent's per-beat session code (~25 µs:
+liveness counters, message fields, send, reschedule) and the hand-over of
+the server heartbeat (~10 µs), both dominated by touching thousands of cold
+objects.
 """
 
 from __future__ import annotations
