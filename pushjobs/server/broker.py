@@ -3,7 +3,12 @@
 Rules of this file:
 * Sockets only. What a frame set means is the node registry's business
   (`on_frames(routing_id, frames)`); the broker never parses a body.
-* Everything runs as greenlets of the one gevent worker (`zmq.green`).
+* Everything runs as greenlets of the one gevent worker. The PUB and ZAP
+  sockets are `zmq.green` sockets; the command ROUTER is a plain socket that
+  only this class touches: it reads it with NOBLOCK after a ZMQ_EVENTS check
+  and waits for it itself (`_wait_router`), and every send on it goes through
+  `send`, which wakes the waiting loop if the send consumed the socket's
+  read edge (ZMQ_FD is edge-triggered).
 * The ZAP handler is bound and serving BEFORE the ROUTER binds (§3.4): a
   CURVE socket without a reachable handler would admit any client key.
 * The heartbeat is RSA-signed once per interval and published to everyone
