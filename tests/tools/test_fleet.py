@@ -652,3 +652,125 @@ def test_poller_checks_a_batch_sent_socket_once_later_and_finds_swallowed_input(
         router.close(linger=0)
         dealer.close(linger=0)
         ctx.term()
+
+
+def test_lean_beats_in_steady_state_decide_exactly_as_the_full_path():
+    """Two identical 30-node fleets driven in lockstep, one with the wheel's lean steady-state
+    beat and one with the full path only (`wheel.lean = False`): steady beats take the lean path
+    (a node with a job does not), and every node's counters, sequence, liveness, the moment it
+    declares the server offline, and the moment it schedules a reconfigure after a server restart
+    are the same in both."""
+    fleets = []
+    for lean in (True, False):
+        loop, hub, wheel, sessions, publish, clock, incarnation, close = _hub_fleet(30)
+        wheel.lean = lean
+        events: list[tuple] = []
+        for s in sessions:
+            s._reconnect = (lambda node, clk, ev: lambda reason, **kw: ev.append(
+                ("reconnect", node, reason, clk[0])))(s.node, clock, events)
+            s._schedule = (lambda node, orig, clk, ev: lambda name, delay, fn: (
+                ev.append(("schedule", node, name, clk[0])) if name == "reconfigure"
+                else orig(name, delay, fn)))(s.node, s._schedule, clock, events)
+        fleets.append(dict(loop=loop, hub=hub, wheel=wheel, sessions=sessions, publish=publish, clock=clock,
+                           incarnation=incarnation, close=close, events=events))
+
+    def run(seconds, heartbeat=True):
+        for _ in range(int(round(seconds / 0.01))):
+            for f in fleets:
+                clock = f["clock"]
+                if heartbeat and abs(clock[0] - round(clock[0])) < 1e-9:
+                    f["publish"]()
+                clock[0] = round(clock[0] + 0.01, 6)
+                f["loop"]._run_once()
+
+    def state(f):
+        return [(s.node, dict(s.stats), s._offline_counter, s._online_counter, s._sequence, s.online,
+                 s.server_incarnation == f["incarnation"][0], s.handler.fsm.state) for s in f["sessions"]]
+
+    lean, full = fleets
+    try:
+        run(3.0)
+        steady = lean["wheel"].lean_beats
+        assert steady >= 0.6 * lean["wheel"].beats  # the first beat of each node is a full one
+        assert full["wheel"].lean_beats == 0
+        # a job on node 0: its heartbeats say "committed" through the full path
+        for f in fleets:
+            f["sessions"][0].handler.handle("commit", {"job_id": "j1", "command": "chef-client"},
+                                            f["clock"][0])
+            assert f["sessions"][0].handler.fsm.state == "committed"
+        before = {s.node: s._sequence for s in lean["sessions"]}
+        run(3.0)
+        for a, b in zip(state(lean), state(full)):
+            assert a == b
+        assert lean["wheel"].lean_beats - steady >= 29 * 2  # every idle node, every beat but the first
+        assert lean["sessions"][0]._sequence > before[lean["sessions"][0].node]  # node 0 still beats
+        # a server restart: every node schedules its reconfigure at the same moment in both fleets
+        for f in fleets:
+            import uuid
+            f["incarnation"][0] = str(uuid.uuid4())
+        run(2.0)
+        assert state(lean) == state(full)
+        assert {e[1] for e in lean["events"] if e[2] == "reconfigure"} == {s.node for s in lean["sessions"]}
+        # the server goes quiet: every node declares it offline on its own, at the same moment
+        run(6.0, heartbeat=False)
+        assert state(lean) == state(full)
+        assert sorted(lean["events"]) == sorted(full["events"])
+        assert {e[1] for e in lean["events"] if e[2] == "server offline"} == {s.node for s in lean["sessions"]}
+    finally:
+        for f in fleets:
+            f["close"]()
+
+
+def test_lean_beat_sends_the_full_paths_bytes_through_the_send_batch():
+    """With a SendBatch (the fleet's production set-up) the lean beat encodes the idle heartbeat
+    from the template and joins the batch: byte-identical to the codec's full encoding."""
+    from pushjobs.agent.loop import EventLoop
+    from pushjobs.agent.session import CONNECTED
+    from pushjobs.tools.fleet import SendBatch
+
+    class NoWait:
+        def register(self, sock): pass
+        def unregister(self, sock): pass
+        def poll(self, timeout): return []
+        def pending(self): return False
+        def note_send(self, sock): pass
+        def close(self): pass
+
+    clock = [1000.0]
+    loop = EventLoop(workers=1, clock=lambda: clock[0], timer_grain=0.01, poller=NoWait())
+    try:
+        sends = SendBatch()
+        codec = FleetCodec()
+        wheel = HeartbeatWheel(loop, batch=0.1, sends=sends)
+        s = _session(loop, codec, heartbeats=wheel)
+        s.handler.session = s
+        dealer = types.SimpleNamespace(batch=sends)
+        s._conn = types.SimpleNamespace(sub=None, dealer=dealer, closed=False, close=lambda: None,
+                                        drain=lambda sock: [],
+                                        send=lambda frames: (sends.items.append((dealer, frames)), True)[1])
+        s.phase = CONNECTED
+        fields = {"job_state": "idle", "job_id": None}
+        sends.holding = True
+        assert wheel._lean_beat(s) is False  # no template yet: the full path makes it
+        s.send("heartbeat", fields)
+        assert wheel._lean_beat(s) is True
+        assert wheel.lean_beats == 1 and s.stats["heartbeats_sent"] == 2 and s._offline_counter == 1
+        (_, full_frames), (sock, lean_frames) = sends.items
+        assert sock is dealer
+        s._sequence -= 1  # the same message again, through the codec's general encoder
+        assert codec.encode(s, "heartbeat", fields) == lean_frames
+        assert full_frames != lean_frames  # (a new sequence number each)
+        # anything not steady: the full path
+        s._pending.append(("ack_commit", {"job_id": "j"}))
+        assert wheel._lean_beat(s) is False
+        s._pending.clear()
+        s.online = False
+        assert wheel._lean_beat(s) is False
+        s.online = True
+        s._offline_counter = s.config.offline_threshold + 1
+        assert wheel._lean_beat(s) is False
+        s._offline_counter = 0
+        sends.holding = False  # not inside a slot: the session's own send
+        assert wheel._lean_beat(s) is True and len(sends.items) == 3
+    finally:
+        loop.close()
