@@ -567,8 +567,11 @@ class SendBatch:
         sent = []
         for sock, frames in items:
             try:
-                for frame in frames[:-1]:
-                    send(sock, frame, more)
+                if len(frames) == 2:  # a heartbeat: header + body, no slice and loop per send
+                    send(sock, frames[0], more)
+                else:
+                    for frame in frames[:-1]:
+                        send(sock, frame, more)
                 send(sock, frames[-1], last)
             except zmq.ZMQError:  # EAGAIN (queue full), ENOTSOCK (closed meanwhile)...
                 self.failed += 1
@@ -1281,6 +1284,7 @@ class Fleet:
                     agg[k] = get(k, 0) + v
         agg["poller_checks"] = self.poller.checks
         agg["poller_wakeups"] = self.poller.polls
+        agg["lean_beats"] = self.heartbeats.lean_beats
         if self.hub is not None:
             agg["shared_server_heartbeats"] = self.hub.heartbeats
         if self.sends is not None and self.sends.failed:

@@ -162,6 +162,8 @@ def test_shared_sub_slow_silent_and_disconnect(srv, admin):
         assert fleet.hub is not None and len(fleet.hub.subs) == 1
         wait_for(lambda: all(s.stats["server_heartbeats"] >= 2 for s in fleet.sessions), timeout=5,
                  message="every session saw server heartbeats")
+        # idle nodes in the steady state beat through the wheel's lean path (real sockets, batch)
+        wait_for(lambda: fleet.stats().counters.get("lean_beats", 0) >= 4, timeout=5, message="lean beats")
 
         # slow: the job takes at least slow_time
         t0 = time.monotonic()
