@@ -122,3 +122,56 @@ def test_replies_from_the_router_greenlet_reach_the_dealer_and_idle_waits_time_o
     t = b.router_wait_timeouts
     gwait(lambda: b.router_wait_timeouts >= t + 1, 3, "an idle wait to end by the safety timer")
     assert broker_mod.ROUTER_WAIT_SAFETY <= 1.0
+
+
+def test_a_burst_of_multipart_messages_in_order_backlog_ends_and_the_next_message_is_prompt():
+    """A burst bigger than a batch: the loop reads on without ZMQ_EVENTS while backlogged,
+    ends the backlog on the first empty read, and its wait after that read is armed (ZMQ_FD
+    re-armed by the failed read): a message sent later is handed over at once. Frame counts
+    vary (1-4, empty frames too): each message arrives whole, in order."""
+    hb, cmd = free_ports(2)
+    arrivals: list[tuple[float, list[bytes]]] = []
+    backlog: list[bool] = []
+    b = Broker(listen_address="tcp://127.0.0.1", heartbeat_port=hb, command_port=cmd, heartbeat_interval=0.1,
+               server_private_key=generate_rsa_key(), incarnation_id="burst",
+               on_frames=lambda rid, frames: arrivals.append((time.monotonic(), frames)),
+               key_allowed=lambda key: True, curve_secret_key=None, max_frame_bytes=1 << 20,
+               router_batch=4, on_backlog=backlog.append)
+    b.start()
+    sent: list[list[bytes]] = [[str(i).encode()] + [b"x" * (i % 7)] * (i % 4) for i in range(400)]
+    late_at: list[float] = []
+    go_late = threading.Event()
+
+    def dealer() -> None:
+        ctx = zmq.Context()
+        d = ctx.socket(zmq.DEALER)
+        d.linger = 1000
+        d.connect(f"tcp://127.0.0.1:{cmd}")
+        try:
+            time.sleep(0.2)
+            for m in sent:  # one burst: queued faster than a batch is read
+                d.send_multipart(m)
+            go_late.wait(10)
+            late_at.append(time.monotonic())
+            d.send_multipart([b"late"])
+            time.sleep(0.3)
+        finally:
+            d.close()
+            ctx.term()
+
+    t = threading.Thread(target=dealer, daemon=True)
+    t.start()
+    try:
+        gwait(lambda: len(arrivals) >= len(sent), 20, "the burst")
+        gwait(lambda: backlog[-1:] == [False], 5, "the backlog to end")
+        gevent.sleep(0.3)  # the loop is waiting now
+        go_late.set()
+        gwait(lambda: len(arrivals) > len(sent), 5, "the late message")
+        assert [f for _, f in arrivals[:len(sent)]] == sent
+        assert arrivals[-1][1] == [b"late"]
+        assert arrivals[-1][0] - late_at[0] < 0.25, "the late message waited for the safety timer"
+        assert b.router_yields >= 1 and backlog[0] is True
+        assert all(a != c for a, c in zip(backlog, backlog[1:]))  # reported on each change only
+    finally:
+        t.join(5)
+        b.stop()
