@@ -776,3 +776,22 @@ def test_lean_beat_sends_the_full_paths_bytes_through_the_send_batch():
         assert wheel._lean_beat(s) is True and len(sends.items) == 3
     finally:
         loop.close()
+
+
+def test_template_hmac_pads_are_rfc2104_hmac_sha256():
+    """The heartbeat template's two pre-keyed SHA-256 states give exactly HMAC-SHA256, for keys
+    shorter than, equal to and longer than the block."""
+    import hmac
+    import os
+
+    from pushjobs.tools.fleet import _hmac_sha256_pads
+
+    for n in (0, 1, 32, 63, 64, 65, 200):
+        key, body = os.urandom(n), os.urandom(300)
+        inner, outer = _hmac_sha256_pads(key)
+        for _ in range(2):  # the states are copied per message, never consumed
+            i = inner.copy()
+            i.update(body)
+            o = outer.copy()
+            o.update(i.digest())
+            assert o.digest() == hmac.digest(key, body, "sha256"), n
