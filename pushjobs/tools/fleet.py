@@ -74,17 +74,17 @@ session and loop (docs/agent.md "Extension points"), filled here:
 
 Cost (steady state, 1 s heartbeat, 1,000 idle nodes, `--sub shared`, this
 2-core machine shared with other work, CPU of the fleet process over 20-25 s
-from /proc/PID/stat, A/B runs against the same server): ~84-95 µs per
-node-second (round 2: 102-115 in the same conditions; round 1: ~200). Of
-that, ~30 µs is libzmq's I/O thread (one loopback TCP send per message, most
+from /proc/PID/stat, A/B runs against the same server): ~85-92 µs per
+node-second with the lean beat, its Python thread 54-58 (without it, same
+runs: 88-98, Python thread 59-66; round 2: 102-115; round 1: ~200). Of
+that, ~32 µs is libzmq's I/O thread (one loopback TCP send per message, most
 of it the kernel's TCP path, plus two epoll_ctl and the CurveZMQ box), and
 in the Python thread ~20 µs is not Python: two raw sends, and one ZMQ_EVENTS
 check per send (SNDHWM 3, the agent's, makes libzmq answer every message
 with an `activate_write` command that must be drained: three system calls
-on a cold socket). The rest is the agent's per-beat session code (~25 µs:
-liveness counters, message fields, send, reschedule) and the hand-over of
-the server heartbeat (~10 µs), both dominated by touching thousands of cold
-objects.
+on a cold socket). A lean beat itself is ~8 µs of Python with warm caches
+(template heartbeat ~4 of it, HMAC ~1.7, reschedule ~2); the rest is the
+loop, the poller and the cold objects each beat touches.
 """
 
 from __future__ import annotations
