@@ -225,6 +225,13 @@ class RuntimeCollector(Collector):
                                     "reading on (a sign of a message flood)")
             c.add_metric([], yields)
             yield c
+        waits = getattr(broker, "router_wait_timeouts", None)
+        if isinstance(waits, int):
+            c = CounterMetricFamily("pushjobs_command_router_wait_timeouts",
+                                    "Waits of the ROUTER loop ended by its 1 s safety timer, not by input "
+                                    "(idle periods; rising while nodes are connected = missed wake-ups)")
+            c.add_metric([], waits)
+            yield c
         denied = getattr(broker, "zap_denied", None)
         if isinstance(denied, int):
             c = CounterMetricFamily("pushjobs_zap_denied", "CurveZMQ connections refused by the ZAP handler")

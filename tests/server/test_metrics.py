@@ -25,6 +25,7 @@ FAMILIES = {
     "pushjobs_messages_received_by_type", "pushjobs_messages_sent_by_type", "pushjobs_heartbeat_processing_seconds",
     "pushjobs_event_loop_lag_seconds", "pushjobs_event_loop_stalls", "pushjobs_event_loop_stalled_seconds",
     "pushjobs_command_router_full_batches",
+    "pushjobs_command_router_wait_timeouts",
 }
 
 
