@@ -50,6 +50,7 @@ NODE_STATES = ("post_init", "rehab", "idle")
 #: code is asked to provide; see docs/performance.md "Metrics"):
 #:   registry.received_by_type   Mapping[type, int]  valid messages in, by type
 #:   registry.sent_by_type       Mapping[type, int]  messages out on the ROUTER, by type
+#:   registry.offline_by_reason  Mapping[reason, int] node FSMs ended, by reason
 #:   registry.heartbeat_seconds  float               total time spent processing client heartbeats
 #:   registry.heartbeats_processed int               how many client heartbeats were processed
 OPTIONAL_RUNTIME_COUNTERS = ("received_by_type", "sent_by_type", "heartbeat_seconds", "heartbeats_processed")
@@ -174,6 +175,14 @@ class RuntimeCollector(Collector):
                 for mtype, n in sorted(counts.items()):
                     c.add_metric([str(mtype)], n)
                 yield c
+        offline = getattr(reg, "offline_by_reason", None)
+        if isinstance(offline, Mapping):
+            c = CounterMetricFamily("pushjobs_nodes_offline",
+                                    "Node FSMs the server ended, by reason (dead: heartbeats stopped; "
+                                    "incarnation: the node restarted)", labels=["reason"])
+            for reason, n in sorted(offline.items()):
+                c.add_metric([str(reason)], n)
+            yield c
         hb_sum = getattr(reg, "heartbeat_seconds", None)
         hb_count = getattr(reg, "heartbeats_processed", None)
         if isinstance(hb_sum, (int, float)) and isinstance(hb_count, int):

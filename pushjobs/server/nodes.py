@@ -326,6 +326,9 @@ class NodeRegistry:
         self.received = 0  # every ROUTER message, valid or not
         self.received_by_type: Counter = Counter()  # messages that passed the §4.5 pipeline, by type
         self.sent_by_type: Counter = Counter()
+        # FSMs terminated, by reason (`dead`: liveness decayed; `incarnation`: the node
+        # restarted): a false down in a benchmark is a `dead` the node did not deserve.
+        self.offline_by_reason: Counter = Counter()
         self.heartbeat_seconds = 0.0  # time spent in on_frames for valid heartbeats (perf_counter)
         self.heartbeats_processed = 0
 
@@ -546,6 +549,7 @@ class NodeRegistry:
         del self.entries[entry.key]
         self._unbind(entry)
         self._cancel_all_timers(entry)
+        self.offline_by_reason[reason] += 1
         log.info("node %s/%s offline (%s)", entry.org, entry.fsm.node, reason)
         if self.jobs is not None:
             try:

@@ -87,12 +87,14 @@ def steady_state(b: Bench, seconds: float, profile_dir: Optional[Path], hb: Hear
     key = "pushjobs_command_messages_received_total"
     msgs = (m1.get(key, 0) - m0.get(key, 0)) / (s1.at - s0.at)
     extra_aborts = c1.get("received_abort", 0) - c0.get("received_abort", 0)
+    dead_key = 'pushjobs_nodes_offline_total{reason="dead"}'
+    server_dead = m1.get(dead_key, 0) - m0.get(dead_key, 0)
     reconfigures = c1.get("reconfigures", 0) - c0.get("reconfigures", 0)
     fleet_cpu = sum(procstat.cpu_share(a, z) for a, z in zip(f0, f1))
     res = {
         "seconds": round(dt), "server_cpu": procstat.cpu_share(s0, s1), "server_rss_mib": max_rss / 2**20,
         "msgs_per_s": msgs, "cpu_us_per_msg": 1e6 * procstat.cpu_share(s0, s1) / msgs if msgs else float("nan"),
-        "false_downs": extra_aborts, "fleet_reconfigures": reconfigures,
+        "false_downs": server_dead, "extra_aborts": extra_aborts, "fleet_reconfigures": reconfigures,
         "min_online": min_online, "min_available": min_avail, "fleet_cpu": fleet_cpu,
         "max_heartbeat_gap": hb.take(), "fleet_lag": b.fleet_lag_max(wall0 + 5),
         "dropped": {k: v for k, v in m1.items() if k.startswith("pushjobs_messages_dropped_total")},
@@ -387,10 +389,10 @@ def suite(a: argparse.Namespace) -> int:
             st = steady_state(b, a.steady, profile_dir, hb)
             sections.append("**Steady state** (1 s heartbeat)\n\n" + table(
                 ["seconds", "server CPU (cores)", "server RSS MiB (max)", "msgs/s in", "CPU µs/msg",
-                 "false downs", "fleet reconfigures", "min online", "min available", "fleet CPU (cores)",
+                 "false downs (server: dead)", "aborts received by the fleet", "fleet reconfigures", "min online", "min available", "fleet CPU (cores)",
                  "max server heartbeat gap s", "max simulator timer lag s"],
                 [[st["seconds"], st["server_cpu"], st["server_rss_mib"], st["msgs_per_s"], st["cpu_us_per_msg"],
-                  st["false_downs"], st["fleet_reconfigures"], st["min_online"], st["min_available"],
+                  st["false_downs"], st["extra_aborts"], st["fleet_reconfigures"], st["min_online"], st["min_available"],
                   st["fleet_cpu"], st["max_heartbeat_gap"], st["fleet_lag"]]]))
             if st["dropped"]:
                 sections.append(f"dropped: `{json.dumps(st['dropped'])}`")

@@ -342,6 +342,7 @@ def test_a_server_stall_is_not_counted_against_nodes_but_a_silent_node_still_die
         assert time.monotonic() - t_silent >= 2 * INTERVAL
         assert sink.down == [("acme", "b")] and ("acme", "b") not in reg.entries
         assert reg.is_available(("acme", "a"))
+        assert dict(reg.offline_by_reason) == {"dead": 1}  # the metric pushjobs_nodes_offline_total
     finally:
         if feeder_g is not None:
             feeder_g.kill()

@@ -26,6 +26,7 @@ FAMILIES = {
     "pushjobs_event_loop_lag_seconds", "pushjobs_event_loop_stalls", "pushjobs_event_loop_stalled_seconds",
     "pushjobs_command_router_full_batches",
     "pushjobs_command_router_wait_timeouts",
+    "pushjobs_nodes_offline",
 }
 
 
