@@ -302,28 +302,54 @@ def live_view(job_id: str, **kw: Any) -> Any:
 
 
 def store_job(job_id: str, org_id: int, spec: JobSpec, requestor: str, default_run_timeout: int) -> None:
-    """Write the job and its job nodes (`new`) in one transaction."""
-    from pushjobs.server.jobs import bulk_insert
+    """Write the job and its job nodes (`new`) in one transaction.
+
+    PostgreSQL: the job row and ALL job nodes in one `execute` (one round trip,
+    each a wait for the event loop under gevent), the node names as one array
+    parameter unnested in node order (`WITH ORDINALITY ... ORDER BY`, so the
+    serial ids still ascend in node order, which GET /jobs/ID relies on).
+    psycopg2 interpolates parameters client-side; 5 per row cost more than the
+    insert itself (store_job, best of 5: 1,000 nodes 39 -> 15 ms, 10,000 nodes
+    392 -> 147 ms). SQLite keeps `bulk_insert` (no round trips there)."""
+    import peewee as pw
+
+    from pushjobs.server.jobs import _quoted, bulk_insert
     from pushjobs.server.store import Job, JobNode, db, utcnow
 
     now = utcnow()
+    values = {
+        Job.id: job_id,
+        Job.org: org_id,
+        Job.command: spec.command,
+        Job.status: "new",
+        Job.run_timeout: spec.run_timeout if spec.run_timeout is not None else default_run_timeout,
+        Job.quorum: spec.quorum if spec.quorum is not None else len(spec.nodes),
+        Job.requestor: requestor,
+        Job.user: spec.user,
+        Job.dir: spec.dir,
+        Job.env: json.dumps(spec.env, separators=(",", ":")) if spec.env is not None else None,
+        Job.file: spec.file,
+        Job.capture_output: spec.capture_output,
+        Job.created_at: now,
+        Job.updated_at: now,
+    }
+    database = db.obj
     with db.atomic():
-        Job.create(
-            id=job_id,
-            org=org_id,
-            command=spec.command,
-            status="new",
-            run_timeout=spec.run_timeout if spec.run_timeout is not None else default_run_timeout,
-            quorum=spec.quorum if spec.quorum is not None else len(spec.nodes),
-            requestor=requestor,
-            user=spec.user,
-            dir=spec.dir,
-            env=json.dumps(spec.env, separators=(",", ":")) if spec.env is not None else None,
-            file=spec.file,
-            capture_output=spec.capture_output,
-            created_at=now,
-            updated_at=now,
-        )
+        if isinstance(database, pw.PostgresqlDatabase) and spec.nodes:
+            p = database.param
+            sql = (f"INSERT INTO {_quoted(Job._meta.table_name)} ("
+                   + ", ".join(_quoted(f.column_name) for f in values) + ") VALUES ("
+                   + ", ".join([p] * len(values)) + ");\n"
+                   f"INSERT INTO {_quoted(JobNode._meta.table_name)} ("
+                   + ", ".join(_quoted(f.column_name) for f in (JobNode.job, JobNode.node_name, JobNode.status,
+                                                                JobNode.created_at, JobNode.updated_at))
+                   + f") SELECT {p}, u.name, {p}, {p}, {p} FROM unnest({p}::text[]) WITH ORDINALITY AS u(name, i)"
+                   " ORDER BY u.i")
+            ts = JobNode.created_at.db_value(now)
+            database.execute_sql(sql, [f.db_value(v) for f, v in values.items()]
+                                 + [job_id, "new", ts, ts, list(spec.nodes)])
+            return
+        Job.create(**{f.name: v for f, v in values.items()})
         bulk_insert(JobNode, [JobNode.job, JobNode.node_name, JobNode.status, JobNode.created_at, JobNode.updated_at],
                     [(job_id, n, "new", now, now) for n in spec.nodes])
 
