@@ -88,14 +88,21 @@ _a2b_base64 = binascii.a2b_base64
 _compare_digest = hmac.compare_digest
 
 
+def hmac_pad_states(key: bytes) -> tuple[Any, Any]:
+    """HMAC-SHA256 (RFC 2104) as two SHA-256 states already fed the key's inner and
+    outer pad: per message, copy each, feed the body / the inner digest (~1.1 µs, vs
+    ~2-3 µs for `hmac.digest`). Uncached; `hmac_sha256_digest` keeps them per key."""
+    k = bytes(key)
+    if len(k) > 64:  # RFC 2104: long keys are hashed first
+        k = _sha256(k).digest()
+    k = k.ljust(64, b"\0")
+    return (_sha256(k.translate(_IPAD)), _sha256(k.translate(_OPAD)))
+
+
 def _hmac_states(key: bytes) -> tuple[Any, Any]:
     states = _HMAC_STATES.get(key)
     if states is None:
-        k = bytes(key)
-        if len(k) > 64:  # RFC 2104: long keys are hashed first
-            k = _sha256(k).digest()
-        k = k.ljust(64, b"\0")
-        states = (_sha256(k.translate(_IPAD)), _sha256(k.translate(_OPAD)))
+        states = hmac_pad_states(key)
         if len(_HMAC_STATES) >= HMAC_STATE_CACHE_MAX:
             _HMAC_STATES.clear()
         _HMAC_STATES[bytes(key)] = states

@@ -784,7 +784,7 @@ def test_template_hmac_pads_are_rfc2104_hmac_sha256():
     import hmac
     import os
 
-    from pushjobs.tools.fleet import _hmac_sha256_pads
+    from pushjobs.protocol.signing import hmac_pad_states as _hmac_sha256_pads
 
     for n in (0, 1, 32, 63, 64, 65, 200):
         key, body = os.urandom(n), os.urandom(300)
